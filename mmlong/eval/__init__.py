@@ -1,0 +1,1 @@
+"""Long-document VQA, needle retrieval and multimodal retrieval-head evaluation."""

@@ -1,0 +1,317 @@
+"""Run an ingest over a collection: expand inputs, skip what is done, process page chunks in a
+process pool, commit each document as soon as all its pages are written, report failures.
+
+Memory stays bounded whatever the document size: at most `2 * workers + 2` chunks of
+`chunk_pages` pages are in flight or waiting to be written.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mmlong import tokens as tk
+from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_items
+from mmlong.presets import load_preset
+from mmlong.schema import Document, Item
+from mmlong.store import DatasetWriter, DocSink
+
+
+@dataclass
+class TokenBudget:
+    """Pixel bounds of the Qwen2.5-VL image processor, which decide image token counts."""
+
+    min_pixels: int = tk.IMAGE_MIN_PIXELS
+    max_pixels: int = tk.IMAGE_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+
+@dataclass
+class IngestOptions:
+    """Everything that decides the content of a dataset (stored in its manifest)."""
+
+    pdf: PdfOptions = field(default_factory=PdfOptions)
+    tokens: TokenBudget = field(default_factory=TokenBudget)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IngestOptions:
+        unknown = set(data) - {f.name for f in fields(cls)} - {"description"}
+        if unknown:
+            raise ValueError(f"unknown ingest option section(s): {sorted(unknown)}")
+        return cls(pdf=_build(PdfOptions, data.get("pdf") or {}), tokens=_build(TokenBudget, data.get("tokens") or {}))
+
+    @classmethod
+    def from_preset(cls, preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> IngestOptions:
+        data = load_preset("ingest", preset)
+        for section, values in (overrides or {}).items():
+            data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        return cls.from_dict(data)
+
+
+def _build(cls, values: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s) {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**values)
+
+
+@dataclass
+class IngestReport:
+    """What one run did."""
+
+    out: Path
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    pages: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def expand_inputs(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
+    """Files named by `paths` (files; folders, searched recursively for *.pdf; globs), in order
+    and without repeats, and the inputs that named nothing."""
+    found: list[Path] = []
+    missing: dict[str, str] = {}
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() == ".pdf")
+        elif path.exists():
+            found.append(path)
+        elif glob.has_magic(p):
+            matches = sorted(Path(m) for m in glob.glob(p, recursive=True))
+            found += [m for m in matches if m.is_file()]
+            if not matches:
+                missing[p] = "pattern matched no file"
+        else:
+            missing[p] = "no such file or folder"
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        if (r := f.resolve()) not in seen:
+            seen.add(r)
+            unique.append(r)
+    return unique, missing
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class _Doc:
+    path: Path
+    doc_id: str
+    sha: str
+    meta: dict[str, Any]
+    chunks: int
+    sink: DocSink
+    next_chunk: int = 0
+    pending: dict[int, list[Item]] = field(default_factory=dict)
+    failed: bool = False
+
+
+def _worker_init() -> None:
+    tk.load_tokenizer()
+
+
+def _run_inline(fn: Callable, *args) -> Future:
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as e:
+        fut.set_exception(e)
+    return fut
+
+
+class _Progress:
+    """A rich progress bar with pages/s, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = None
+        self.start = time.perf_counter()
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("[bold]ingest"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("pages  {task.fields[rate]:.1f} pages/s  docs {task.fields[docs]}  failed {task.fields[failed]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self.task = self.bar.add_task("ingest", total=0, rate=0.0, docs=0, failed=0)
+            self.bar.start()
+
+    def update(self, pages: int, total: int, docs: int, failed: int) -> None:
+        if self.bar is not None:
+            rate = pages / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, completed=pages, total=total, rate=rate, docs=docs, failed=failed)
+
+    def print(self, message: str) -> None:
+        self.console.print(message, highlight=False, markup=False)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def ingest(
+    paths: list[str],
+    out: str | Path,
+    preset: str = "pdf-144dpi",
+    options: IngestOptions | None = None,
+    workers: int = 0,
+    chunk_pages: int = 8,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest the files, folders and globs in `paths` into the dataset at `out` (created, or
+    resumed: documents already there are skipped). `options` overrides the preset. Bad inputs
+    are skipped, reported on one line each and recorded in out/failures.json."""
+    opts = options or IngestOptions.from_preset(preset)
+    workers = workers or len(os.sched_getaffinity(0))
+    if chunk_pages < 1:
+        raise ValueError(f"chunk_pages must be >= 1, got {chunk_pages}")
+    options_dict = asdict(opts)
+    writer = DatasetWriter(Path(out), options_dict)
+    report = IngestReport(out=Path(out))
+    files, missing = expand_inputs(paths)
+    show = _Progress(progress)
+    for p, reason in missing.items():
+        report.failed[p] = reason
+        writer.fail(p, reason)
+        show.print(f"skipped {p}: {reason}")
+    budget = (opts.tokens.min_pixels, opts.tokens.max_pixels)
+    queue: deque[tuple[_Doc, int]] = deque()
+    file_iter: Iterator[Path] = iter(files)
+    total_pages = 0
+    started = time.perf_counter()
+
+    def open_next() -> bool:
+        nonlocal total_pages
+        path = next(file_iter, None)
+        if path is None:
+            return False
+        source = str(path)
+        try:
+            sha = file_sha256(path) if path.is_file() else ""
+            doc_id = sha[:16]
+            if doc_id and doc_id in writer.committed:
+                report.skipped.append(source)
+                if writer.committed[doc_id] != source:
+                    show.print(f"skipped {source}: same content as {writer.committed[doc_id]}")
+                return True
+            meta = check_pdf(path)
+        except (IngestError, OSError) as e:
+            report.failed[source] = str(e)
+            writer.fail(source, str(e))
+            show.print(f"skipped {source}: {e}")
+            return True
+        n = meta["page_count"]
+        doc = _Doc(path, doc_id, sha, meta, chunks=-(-n // chunk_pages), sink=writer.open(doc_id, source))
+        for c in range(doc.chunks):
+            queue.append((doc, c))
+        total_pages += n
+        return True
+
+    def finish(doc: _Doc) -> None:
+        meta = dict(doc.meta)
+        num_pages = meta.pop("page_count")
+        document = Document(doc.doc_id, str(doc.path), "pdf", doc.sha, num_pages, options=options_dict, metadata=meta)
+        writer.commit(doc.sink, document)
+        report.ingested.append(str(doc.path))
+
+    def fail(doc: _Doc, reason: str) -> None:
+        doc.failed = True
+        doc.sink.abort()
+        doc.pending.clear()
+        report.failed[str(doc.path)] = reason
+        writer.fail(str(doc.path), reason)
+        show.print(f"failed {doc.path}: {reason}")
+
+    limit = 2 * workers + 2
+    pool = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+        if workers > 1
+        else None
+    )
+    inflight: dict[Future, tuple[_Doc, int]] = {}
+    buffered = 0
+    try:
+        while True:
+            while len(inflight) + buffered < limit:
+                if not queue and not open_next():
+                    break
+                if not queue:
+                    continue
+                doc, c = queue.popleft()
+                if doc.failed:
+                    continue
+                args = (str(doc.path), c * chunk_pages, min((c + 1) * chunk_pages, doc.meta["page_count"]), opts.pdf, budget)
+                fut = pool.submit(pages_items, *args) if pool else _run_inline(pages_items, *args)
+                inflight[fut] = (doc, c)
+            if not inflight:
+                break
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                doc, c = inflight.pop(fut)
+                if doc.failed:
+                    continue
+                try:
+                    doc.pending[c] = fut.result()
+                    buffered += 1
+                except Exception as e:
+                    buffered -= len(doc.pending)
+                    fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
+                    continue
+                while doc.next_chunk in doc.pending:
+                    items = doc.pending.pop(doc.next_chunk)
+                    buffered -= 1
+                    doc.sink.write(items)
+                    report.pages += min(chunk_pages, doc.meta["page_count"] - doc.next_chunk * chunk_pages)
+                    doc.next_chunk += 1
+                if doc.next_chunk == doc.chunks:
+                    finish(doc)
+            show.update(report.pages, total_pages, len(report.ingested), len(report.failed))
+    except BaseException:
+        for fut in inflight:
+            fut.cancel()
+        for doc, _ in list(inflight.values()) + list(queue):
+            if not doc.failed:
+                doc.failed = True
+                doc.sink.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        show.stop()
+    report.seconds = time.perf_counter() - started
+    from mmlong.report import summarize
+
+    writer.close(summary=summarize(Path(out)))
+    return report

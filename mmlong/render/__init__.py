@@ -1,0 +1,1 @@
+"""Text-to-image rendering for visual-text compression (Glyph-style page images)."""

@@ -1,0 +1,368 @@
+"""Parquet store for interleaved datasets: atomic per-document commits, recovery, streaming reads.
+
+Layout of a dataset folder:
+
+    manifest.json         format version, ingest options, files and totals
+    failures.json         inputs that could not be ingested, with the reason
+    README.md             dataset card; `datasets.load_dataset(DIR, "documents")` reads its configs
+    items/*.parquet       one row per item (schema.ITEMS_SCHEMA), a document's items contiguous
+    documents/*.parquet   one row per document (schema.DOCUMENTS_SCHEMA)
+    .staging/             temporary files, renamed into place when complete
+
+Every file appears by an atomic rename, so a reader never sees a partial file. A document is
+committed when its `documents/part-<id>.parquet` exists (its items file is renamed first). At
+the end of a run the per-document parts are compacted into shards: items shards first, then
+the documents shard, whose rename commits the compaction; parts it replaced are then removed.
+`recover` removes whatever a killed run left half done, so a kill -9 at any point loses no
+committed document and leaves no partial or duplicated one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmlong import __version__
+from mmlong.schema import (
+    DOCUMENTS_SCHEMA,
+    FORMAT_VERSION,
+    ITEMS_SCHEMA,
+    Document,
+    Item,
+    document_from_row,
+    documents_table,
+    item_from_row,
+    items_table,
+)
+
+ITEMS = "items"
+DOCUMENTS = "documents"
+STAGING = ".staging"
+MANIFEST = "manifest.json"
+FAILURES = "failures.json"
+
+_PART = re.compile(r"^part-(?P<id>[^.]+)\.parquet$")
+_SHARD = re.compile(r"^shard-(?P<cid>\d+)(?:-\d+)?\.parquet$")
+SHARD_BYTES = 512 * 2**20
+ROW_GROUP_ITEMS = 64
+
+
+class DatasetError(RuntimeError):
+    """A dataset folder that cannot be used as asked (not a dataset, options differ...)."""
+
+
+def _fsync_replace(tmp: Path, dest: Path) -> None:
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, dest)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    _fsync_replace(tmp, path)
+
+
+def _write_table(root: Path, table: pa.Table, dest: Path) -> None:
+    tmp = root / STAGING / f"{dest.parent.name}-{dest.name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ITEMS)
+    _fsync_replace(tmp, dest)
+
+
+@dataclass
+class Files:
+    """The consistent set of data files of a dataset, and the leftovers of killed runs."""
+
+    documents: list[Path] = field(default_factory=list)
+    items: list[Path] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+
+
+def _doc_ids(path: Path) -> list[str]:
+    return pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
+
+
+def scan(root: Path) -> Files:
+    """List the committed files of the dataset at `root` without changing anything."""
+    root = Path(root)
+    files = Files()
+    doc_dir, item_dir = root / DOCUMENTS, root / ITEMS
+    doc_names = sorted(p.name for p in doc_dir.glob("*.parquet")) if doc_dir.is_dir() else []
+    item_names = sorted(p.name for p in item_dir.glob("*.parquet")) if item_dir.is_dir() else []
+    committed_cids = {m["cid"] for n in doc_names if (m := _SHARD.match(n))}
+    in_shards: set[str] = set()
+    for name in doc_names:
+        if _SHARD.match(name):
+            files.documents.append(doc_dir / name)
+            in_shards.update(_doc_ids(doc_dir / name))
+    part_ids = set()
+    for name in doc_names:
+        if (m := _PART.match(name)) and m["id"] not in in_shards:
+            files.documents.append(doc_dir / name)
+            part_ids.add(m["id"])
+        elif m:
+            files.stale.append(doc_dir / name)
+    for name in item_names:
+        if m := _SHARD.match(name):
+            (files.items if m["cid"] in committed_cids else files.stale).append(item_dir / name)
+        elif m := _PART.match(name):
+            (files.items if m["id"] in part_ids else files.stale).append(item_dir / name)
+    return files
+
+
+def recover(root: Path) -> Files:
+    """Remove what a killed run left half done (temporary files, uncommitted items, parts
+    already compacted into a shard) and return the consistent file set."""
+    root = Path(root)
+    staging = root / STAGING
+    if staging.is_dir():
+        shutil.rmtree(staging)
+    files = scan(root)
+    for path in files.stale:
+        path.unlink(missing_ok=True)
+    for path in root.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    files.stale = []
+    return files
+
+
+def is_dataset(root: Path) -> bool:
+    return (Path(root) / MANIFEST).is_file()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{root}: not an mmlong dataset (no {MANIFEST})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_failures(root: Path) -> dict[str, str]:
+    path = Path(root) / FAILURES
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_documents(root: Path, columns: list[str] | None = None) -> pa.Table:
+    """The documents table (small: no images)."""
+    files = scan(Path(root)).documents
+    if not files:
+        return DOCUMENTS_SCHEMA.empty_table().select(columns or DOCUMENTS_SCHEMA.names)
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def iter_item_batches(root: Path, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[pa.RecordBatch]:
+    """Item rows in sequence order, `batch_size` rows at a time (bounded memory)."""
+    for path in scan(Path(root)).items:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def iter_documents(
+    root: Path, images: bool = True, doc_ids: Iterable[str] | None = None, batch_size: int = 64
+) -> Iterator[Document]:
+    """Stream documents with their items, one document in memory at a time.
+    With images=False the image bytes are not read at all."""
+    root = Path(root)
+    wanted = set(doc_ids) if doc_ids is not None else None
+    docs = {row["doc_id"]: row for row in read_documents(root).to_pylist()}
+    columns = None if images else [n for n in ITEMS_SCHEMA.names if n != "image"]
+    current: Document | None = None
+    for batch in iter_item_batches(root, columns, batch_size):
+        for row in batch.to_pylist():
+            doc_id = row["doc_id"]
+            if wanted is not None and doc_id not in wanted:
+                continue
+            if current is None or current.doc_id != doc_id:
+                if current is not None:
+                    yield current
+                if doc_id not in docs:
+                    raise DatasetError(f"{root}: items of {doc_id} have no documents row")
+                current = document_from_row(docs[doc_id])
+            current.items.append(item_from_row(row))
+    if current is not None:
+        yield current
+
+
+def load_document(root: Path, doc_id: str, images: bool = True) -> Document:
+    for doc in iter_documents(root, images=images, doc_ids=[doc_id]):
+        return doc
+    raise DatasetError(f"{root}: no document {doc_id}")
+
+
+class DocSink:
+    """Items of one document being written; row groups are flushed as they come."""
+
+    def __init__(self, root: Path, doc_id: str, source: str) -> None:
+        self.root, self.doc_id, self.source = root, doc_id, source
+        self.tmp = root / STAGING / f"items-{doc_id}.{os.getpid()}.tmp"
+        self.writer = pq.ParquetWriter(self.tmp, ITEMS_SCHEMA)
+        self.num_items = 0
+        self.text_tokens = 0
+        self.vision_tokens = 0
+
+    def write(self, items: list[Item]) -> None:
+        if not items:
+            return
+        self.writer.write_table(items_table(self.doc_id, self.source, items, self.num_items))
+        self.num_items += len(items)
+        for it in items:
+            if it.is_image:
+                self.vision_tokens += it.tokens
+            else:
+                self.text_tokens += it.tokens
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class DatasetWriter:
+    """Creates or resumes the dataset at `root`; documents are committed one by one."""
+
+    def __init__(self, root: Path, options: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.options = options
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root}: exists and is not a folder")
+        if self.root.is_dir() and any(self.root.iterdir()) and not is_dataset(self.root):
+            raise DatasetError(f"{self.root}: folder is not empty and holds no mmlong dataset")
+        if is_dataset(self.root):
+            manifest = read_manifest(self.root)
+            if manifest.get("options") != options:
+                raise DatasetError(
+                    f"{self.root}: dataset was ingested with other options ({_diff(manifest.get('options'), options)}); "
+                    "resume with the same preset and options, or write to another --out"
+                )
+            self.manifest = manifest
+        else:
+            self.manifest = {
+                "format_version": FORMAT_VERSION,
+                "mmlong_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "options": options,
+            }
+        for sub in (ITEMS, DOCUMENTS, STAGING):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        recover(self.root)
+        (self.root / STAGING).mkdir(exist_ok=True)
+        atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
+        self.failures = read_failures(self.root)
+        self.committed: dict[str, str] = {}
+        docs = read_documents(self.root, columns=["doc_id", "source"])
+        for doc_id, source in zip(docs.column("doc_id").to_pylist(), docs.column("source").to_pylist()):
+            self.committed[doc_id] = source
+
+    def open(self, doc_id: str, source: str) -> DocSink:
+        return DocSink(self.root, doc_id, source)
+
+    def commit(self, sink: DocSink, doc: Document) -> None:
+        """Make `doc` (whose items went through `sink`) durable."""
+        sink.writer.close()
+        doc.num_items = sink.num_items
+        doc.text_tokens, doc.vision_tokens = sink.text_tokens, sink.vision_tokens
+        _fsync_replace(sink.tmp, self.root / ITEMS / f"part-{doc.doc_id}.parquet")
+        _write_table(self.root, documents_table([doc]), self.root / DOCUMENTS / f"part-{doc.doc_id}.parquet")
+        self.committed[doc.doc_id] = doc.source
+        if self.failures.pop(doc.source, None) is not None:
+            self._save_failures()
+
+    def fail(self, source: str, reason: str) -> None:
+        self.failures[source] = reason
+        self._save_failures()
+
+    def _save_failures(self) -> None:
+        atomic_write_text(self.root / FAILURES, json.dumps(self.failures, indent=2, ensure_ascii=False))
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        """Compact the per-document parts into shards and write the manifest and card."""
+        compact(self.root)
+        files = scan(self.root)
+        self.manifest["files"] = [str(p.relative_to(self.root)) for p in files.documents + files.items]
+        if summary is not None:
+            self.manifest["summary"] = summary
+        atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
+        (self.root / "README.md").write_text(DATASET_CARD, encoding="utf-8")
+        shutil.rmtree(self.root / STAGING, ignore_errors=True)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.')}: {old!r} before, {new!r} now"
+
+
+def compact(root: Path, shard_bytes: int = SHARD_BYTES) -> int:
+    """Merge per-document parts into shards; returns the number of documents compacted."""
+    root = Path(root)
+    files = scan(root)
+    doc_parts = [p for p in files.documents if _PART.match(p.name)]
+    if not doc_parts:
+        return 0
+    cids = [int(m["cid"]) for p in files.documents if (m := _SHARD.match(p.name))]
+    cid = f"{max(cids, default=0) + 1:05d}"
+    ids = [_PART.match(p.name)["id"] for p in doc_parts]
+    item_parts = [root / ITEMS / f"part-{i}.parquet" for i in ids]
+    shard_no, writer, written, tmp = 0, None, 0, None
+    shards: list[tuple[Path, Path]] = []
+    for part in item_parts:
+        if writer is not None and written >= shard_bytes:
+            writer.close()
+            shard_no += 1
+            writer = None
+        if writer is None:
+            dest = root / ITEMS / f"shard-{cid}-{shard_no:03d}.parquet"
+            tmp = root / STAGING / f"{dest.name}.{os.getpid()}.tmp"
+            writer, written = pq.ParquetWriter(tmp, ITEMS_SCHEMA), 0
+            shards.append((tmp, dest))
+        source = pq.ParquetFile(part)
+        for i in range(source.num_row_groups):
+            writer.write_table(source.read_row_group(i))
+        written += part.stat().st_size
+    writer.close()
+    for tmp, dest in shards:
+        _fsync_replace(tmp, dest)
+    docs = pa.concat_tables(pq.read_table(p) for p in doc_parts)
+    _write_table(root, docs, root / DOCUMENTS / f"shard-{cid}.parquet")
+    for doc_part, item_part in zip(doc_parts, item_parts):
+        doc_part.unlink()
+        item_part.unlink()
+    return len(doc_parts)
+
+
+DATASET_CARD = """---
+configs:
+- config_name: items
+  data_files: "items/*.parquet"
+  default: true
+- config_name: documents
+  data_files: "documents/*.parquet"
+---
+# mmlong interleaved dataset
+
+Written by [mmlong](https://pypi.org/project/mmlong/). Two tables:
+
+- `items/`: one row per item of each document's interleaved sequence, in order (`doc_id`, `seq`):
+  `kind` (text, page-image, figure, video-frame, rendered-text), `text` or `image` (encoded bytes,
+  `image_format`, `width`, `height`), provenance (`source`, `page`, `bbox` in PDF points, `timestamp`)
+  and exact Qwen2.5-VL `tokens`.
+- `documents/`: one row per document: `source`, `content_hash`, `num_pages`, token totals,
+  ingest `options` and source `metadata` (outline, page labels) as JSON.
+
+Load with `datasets.load_dataset(DIR, "documents")`, `datasets.load_dataset("parquet",
+data_files=DIR + "/items/*.parquet")`, pyarrow or DuckDB (`SELECT * FROM 'DIR/items/*.parquet'`).
+"""

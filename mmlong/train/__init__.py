@@ -1,0 +1,1 @@
+"""Long-context continued pre-training with PyTorch Lightning (MMProLong recipe)."""
