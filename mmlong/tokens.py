@@ -87,6 +87,12 @@ def image_grid(
 ) -> tuple[int, int, int]:
     """The processor's `image_grid_thw` for an image of this size: (1, h/14, w/14)."""
     h, w = smart_resize(height, width, min_pixels, max_pixels)
+    # The HF processor checks the ratio again on the resized image: 60x12000 becomes 56x12012.
+    if max(h, w) / min(h, w) > MAX_RATIO:
+        raise ValueError(
+            f"{height}x{width} resizes to {h}x{w}, whose aspect ratio {max(h, w) / min(h, w):.1f} "
+            f"the Qwen2.5-VL processor rejects (> {MAX_RATIO})"
+        )
     return 1, h // PATCH_SIZE, w // PATCH_SIZE
 
 
@@ -94,8 +100,8 @@ def image_tokens(
     height: int, width: int, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS
 ) -> int:
     """Number of `<|image_pad|>` tokens for one image of height x width pixels."""
-    h, w = smart_resize(height, width, min_pixels, max_pixels)
-    return (h // FACTOR) * (w // FACTOR)
+    _, gh, gw = image_grid(height, width, min_pixels, max_pixels)
+    return gh * gw // (MERGE_SIZE * MERGE_SIZE)
 
 
 def video_frame_count(

@@ -73,10 +73,13 @@ def check_pdf(path: Path) -> dict[str, Any]:
         head = f.read(1024)
     if b"%PDF-" not in head:
         raise IngestError(f"not a PDF (no %PDF- header; starts with {head[:8]!r})")
+    pymupdf.TOOLS.mupdf_display_errors(False)  # causes go into the report, not onto stderr
+    pymupdf.TOOLS.mupdf_warnings(reset=True)
     try:
         doc = pymupdf.open(path, filetype="pdf")
-    except RuntimeError as e:  # FileDataError, EmptyFileError
-        raise IngestError(f"corrupt PDF: {e}") from None
+    except RuntimeError:  # FileDataError, EmptyFileError
+        causes = pymupdf.TOOLS.mupdf_warnings(reset=True).strip().splitlines()
+        raise IngestError(f"corrupt PDF: {causes[-1] if causes else 'MuPDF cannot open it'}") from None
     with doc:
         if doc.needs_pass:
             raise IngestError("encrypted PDF: a password is required")
@@ -123,12 +126,15 @@ def reading_order(boxes: list[tuple[float, float, float, float]], page_width: fl
 
 
 def _zoom(width_pt: float, height_pt: float, opts: PdfOptions) -> float:
+    """Scale from points to pixels: `dpi`, bounded so the render has at most `max_pixels`
+    (even after PyMuPDF rounds each side up: (w*z + 1)(h*z + 1) <= max) and at least
+    `min_pixels`."""
     zoom = opts.dpi / 72
-    pixels = width_pt * height_pt * zoom * zoom
-    if opts.max_pixels and pixels > opts.max_pixels:
-        zoom *= math.sqrt(opts.max_pixels / pixels)
-    elif opts.min_pixels and pixels < opts.min_pixels:
-        zoom *= math.sqrt(opts.min_pixels / pixels)
+    area, perimeter = width_pt * height_pt, width_pt + height_pt
+    if opts.max_pixels and (width_pt * zoom + 1) * (height_pt * zoom + 1) > opts.max_pixels:
+        zoom = (-perimeter + math.sqrt(perimeter**2 + 4 * area * (opts.max_pixels - 1))) / (2 * area)
+    elif opts.min_pixels and area * zoom * zoom < opts.min_pixels:
+        zoom *= math.sqrt(opts.min_pixels / (area * zoom * zoom))
     return zoom
 
 
@@ -212,6 +218,7 @@ def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tupl
     if _open_doc is None or _open_doc[0] != path:
         if _open_doc is not None:
             _open_doc[1].close()
+        pymupdf.TOOLS.mupdf_display_errors(False)
         _open_doc = (path, pymupdf.open(path, filetype="pdf"))
     doc = _open_doc[1]
     tokenizer = tk.load_tokenizer() if opts.mode != "pages" else None

@@ -174,7 +174,7 @@ class _Progress:
             self.bar.update(self.task, completed=pages, total=total, rate=rate, docs=docs, failed=failed)
 
     def print(self, message: str) -> None:
-        self.console.print(message, highlight=False, markup=False)
+        self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -232,6 +232,8 @@ def ingest(
             writer.fail(source, str(e))
             show.print(f"skipped {source}: {e}")
             return True
+        if meta["repaired"]:
+            show.print(f"warning {source}: damaged PDF repaired by MuPDF; some pages may be incomplete")
         n = meta["page_count"]
         doc = _Doc(path, doc_id, sha, meta, chunks=-(-n // chunk_pages), sink=writer.open(doc_id, source))
         for c in range(doc.chunks):

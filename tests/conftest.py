@@ -1,0 +1,170 @@
+"""Shared fixtures: generated PDFs, the real HF Qwen2.5-VL processor and qwen-vl-utils."""
+
+from __future__ import annotations
+
+import io
+import sys
+import types
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DOC = ROOT.parent / "shared" / "benchmarks" / "mmlongbench-doc"
+
+LOREM = (
+    "The committee reviewed the annual figures and found that revenue grew by twelve percent while costs "
+    "stayed flat. Members asked for a breakdown by region before the next meeting."
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason=f"needs {SHARED_DOC} (absent)")
+    for item in items:
+        if "shared" in item.keywords and not SHARED_DOC.is_dir():
+            item.add_marker(skip)
+
+
+def png_bytes(width: int, height: int, color=(200, 60, 60), label: str = "") -> bytes:
+    img = Image.new("RGB", (width, height), color)
+    if label:
+        ImageDraw.Draw(img).text((10, 10), label, fill="white")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def write_pdf(path: Path, pages: list[str], toc=None, labels=None, images=None, size=(595, 842)) -> Path:
+    """A PDF with one text block per page; `images` maps page index -> list of rects."""
+    doc = pymupdf.open()
+    for i, text in enumerate(pages):
+        page = doc.new_page(width=size[0], height=size[1])
+        page.insert_textbox(pymupdf.Rect(50, 50, size[0] - 50, 250), text, fontsize=11)
+        for j, rect in enumerate((images or {}).get(i, [])):
+            page.insert_image(pymupdf.Rect(rect), stream=png_bytes(300, 200, label=f"img {i}.{j}"))
+    if toc:
+        doc.set_toc(toc)
+    if labels:
+        doc.set_page_labels(labels)
+    doc.save(path)
+    return path
+
+
+def two_column_pdf(path: Path, left: list[str], right: list[str], title: str) -> Path:
+    doc = pymupdf.open()
+    page = doc.new_page(width=595, height=842)
+    page.insert_textbox(pymupdf.Rect(50, 40, 545, 80), title, fontsize=16)
+    for k, text in enumerate(left):
+        page.insert_textbox(pymupdf.Rect(50, 100 + 150 * k, 285, 230 + 150 * k), text, fontsize=10)
+    for k, text in enumerate(right):
+        page.insert_textbox(pymupdf.Rect(310, 100 + 150 * k, 545, 230 + 150 * k), text, fontsize=10)
+    doc.save(path)
+    return path
+
+
+@pytest.fixture
+def pdf_dir(tmp_path: Path) -> Path:
+    """A folder of good PDFs: a 3-page report with outline and page labels, a 1-page note."""
+    d = tmp_path / "pdfs"
+    d.mkdir()
+    write_pdf(
+        d / "report.pdf",
+        [f"Page {i + 1}. {LOREM}" for i in range(3)],
+        toc=[[1, "Introduction", 1], [1, "Results", 2], [2, "Tables", 3]],
+        labels=[{"startpage": 0, "prefix": "", "style": "r", "firstpagenum": 1},
+                {"startpage": 1, "prefix": "A-", "style": "D", "firstpagenum": 1}],
+    )
+    write_pdf(d / "note.pdf", ["A single page note about ingest."])
+    return d
+
+
+@pytest.fixture
+def bad_dir(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Bad inputs: name -> (path, words its failure reason must contain)."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    good = write_pdf(tmp_path / "good.pdf", [f"Page {i}. {LOREM}" for i in range(4)])
+    (d / "empty.pdf").write_bytes(b"")
+    (d / "notes.pdf").write_text("just some text, not a pdf\n")
+    (d / "garbage.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 20)
+    data = good.read_bytes()
+    (d / "truncated.pdf").write_bytes(data[: len(data) // 2])
+    (d / "nopages.pdf").write_bytes(
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    doc = pymupdf.open(good)
+    doc.save(d / "encrypted.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
+    expected = {  # a regular expression the reason must match
+        "empty.pdf": "^empty file",
+        "notes.pdf": "^not a PDF",
+        "garbage.pdf": "^corrupt PDF: .+",
+        "truncated.pdf": "^(corrupt PDF: .+|no pages)",  # MuPDF's repair decides which
+        "nopages.pdf": "^no pages",
+        "encrypted.pdf": "^encrypted PDF: a password is required",
+    }
+    return {name: (d / name, reason) for name, reason in expected.items()}
+
+
+@pytest.fixture(scope="session")
+def qwen_vl_utils():
+    """The real qwen_vl_utils module. It imports torchvision at module level, which has no CPU
+    build here; its image functions (smart_resize, smart_nframes, fetch_image,
+    process_vision_info on images) never touch it, so a module that fails on any use stands in
+    when torchvision cannot be imported."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+
+        class _Unavailable(types.ModuleType):
+            def __getattr__(self, name):
+                raise AttributeError(f"torchvision is not installed ({self.__name__}.{name})")
+
+        transforms = _Unavailable("torchvision.transforms")
+        transforms.InterpolationMode = types.SimpleNamespace(BICUBIC="bicubic")
+        tv = _Unavailable("torchvision")
+        tv.__version__, tv.io, tv.transforms = "0.0.0", _Unavailable("torchvision.io"), transforms
+        stand_ins = {"torchvision": tv, "torchvision.io": tv.io, "torchvision.transforms": transforms}
+        sys.modules.update(stand_ins)
+        try:
+            import qwen_vl_utils.vision_process as vp
+        finally:  # only qwen-vl-utils sees the stand-in; transformers still finds no torchvision
+            for name in stand_ins:
+                sys.modules.pop(name, None)
+        return vp
+    import qwen_vl_utils.vision_process as vp
+
+    return vp
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mmlong.tokens import _default_tokenizer_dir
+
+    return AutoTokenizer.from_pretrained(str(_default_tokenizer_dir()))
+
+
+@pytest.fixture(scope="session")
+def hf_processor(hf_tokenizer):
+    """The real HF Qwen2.5-VL processor (PIL image backend) with the Qwen2.5-VL chat template.
+    Its video processor needs torchvision, so this one handles text and images only."""
+    from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from mmlong.messages import TEMPLATE_FILE
+
+    class ImageTextProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template)
+
+    def make(min_pixels: int = 3136, max_pixels: int = 12845056):
+        ip = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+        return ImageTextProcessor(ip, hf_tokenizer, chat_template=TEMPLATE_FILE.read_text())
+
+    return make
