@@ -55,6 +55,11 @@ _PART = re.compile(r"^part-(?P<id>[^.]+)\.parquet$")
 _SHARD = re.compile(r"^shard-(?P<cid>\d+)(?:-\d+)?\.parquet$")
 SHARD_BYTES = 512 * 2**20
 ROW_GROUP_ITEMS = 64
+# Encoded images neither compress nor repeat: snappy and dictionaries on them only cost time.
+ITEMS_WRITE_OPTIONS = {
+    "compression": {("bbox.list.element" if n == "bbox" else n): "NONE" if n == "image" else "SNAPPY" for n in ITEMS_SCHEMA.names},
+    "use_dictionary": ["doc_id", "kind", "image_format", "source"],
+}
 
 
 class DatasetError(RuntimeError):
@@ -208,7 +213,7 @@ class DocSink:
     def __init__(self, root: Path, doc_id: str, source: str) -> None:
         self.root, self.doc_id, self.source = root, doc_id, source
         self.tmp = root / STAGING / f"items-{doc_id}.{os.getpid()}.tmp"
-        self.writer = pq.ParquetWriter(self.tmp, ITEMS_SCHEMA)
+        self.writer = pq.ParquetWriter(self.tmp, ITEMS_SCHEMA, **ITEMS_WRITE_OPTIONS)
         self.num_items = 0
         self.text_tokens = 0
         self.vision_tokens = 0
@@ -327,7 +332,7 @@ def compact(root: Path, shard_bytes: int = SHARD_BYTES) -> int:
         if writer is None:
             dest = root / ITEMS / f"shard-{cid}-{shard_no:03d}.parquet"
             tmp = root / STAGING / f"{dest.name}.{os.getpid()}.tmp"
-            writer, written = pq.ParquetWriter(tmp, ITEMS_SCHEMA), 0
+            writer, written = pq.ParquetWriter(tmp, ITEMS_SCHEMA, **ITEMS_WRITE_OPTIONS), 0
             shards.append((tmp, dest))
         source = pq.ParquetFile(part)
         for i in range(source.num_row_groups):

@@ -210,3 +210,12 @@ def text_tokens(text: str, tokenizer=None) -> int:
         return 0
     tok = tokenizer if tokenizer is not None else load_tokenizer()
     return len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def texts_tokens(texts: list[str], tokenizer=None) -> list[int]:
+    """Token counts of several texts in one call (same counts as `text_tokens`)."""
+    if not texts:
+        return []
+    tok = tokenizer if tokenizer is not None else load_tokenizer()
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # no offsets: same ids, faster
+    return [len(e.ids) for e in encode(texts, add_special_tokens=False)]

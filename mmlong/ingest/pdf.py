@@ -6,6 +6,7 @@ PyMuPDF is not thread-safe: every worker process opens the file itself.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,9 +140,23 @@ def _zoom(width_pt: float, height_pt: float, opts: PdfOptions) -> float:
 
 
 def _encode(pix, opts: PdfOptions) -> bytes:
-    if opts.image_format == "webp":
-        return pix.pil_tobytes(format="WEBP", quality=opts.quality)
-    return pix.tobytes(opts.image_format, jpg_quality=opts.quality)
+    """Encode a pixmap. JPEG goes through simplejpeg (libjpeg-turbo, straight from the pixmap's
+    buffer: ~2.7 ms for an A4 page at 144 dpi, where MuPDF's own JPEG encoder takes ~45 ms),
+    WebP through Pillow, PNG through MuPDF."""
+    if opts.image_format == "png":
+        return pix.tobytes("png")
+    if opts.image_format == "jpeg":
+        import numpy as np
+        import simplejpeg
+
+        pixels = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.stride)[:, : pix.width * 3]
+        return simplejpeg.encode_jpeg(pixels.reshape(pix.height, pix.width, 3), quality=opts.quality, colorspace="RGB")
+    from PIL import Image
+
+    image = Image.frombuffer("RGB", (pix.width, pix.height), pix.samples_mv, "raw", "RGB", pix.stride, 1)
+    buf = io.BytesIO()
+    image.save(buf, "WEBP", quality=opts.quality)
+    return buf.getvalue()
 
 
 def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tuple[int, int], meta=None) -> Item:
@@ -192,12 +207,13 @@ def page_items(page, index: int, opts: PdfOptions, budget: tuple[int, int], toke
                 continue
             boxes.append(tuple(clip))
             content.append((FIGURE, (clip, fz, info.get("xref", 0))))
+    counts = iter(tk.texts_tokens([v for kind, v in content if kind == TEXT], tokenizer))
+    text_tokens = [next(counts) if kind == TEXT else 0 for kind, _ in content]
     for i in reading_order(boxes, rect.width, opts.columns):
         kind, value = content[i]
         if kind == TEXT:
             items.append(
-                Item(kind=TEXT, text=value, page=index, bbox=tuple(round(v, 2) for v in boxes[i]),
-                     tokens=tk.text_tokens(value, tokenizer))
+                Item(kind=TEXT, text=value, page=index, bbox=tuple(round(v, 2) for v in boxes[i]), tokens=text_tokens[i])
             )
         else:
             clip, fz, xref = value

@@ -133,6 +133,7 @@ class _Doc:
 
 
 def _worker_init() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     tk.load_tokenizer()
 
 
