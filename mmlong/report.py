@@ -112,7 +112,7 @@ def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs
         raise ValueError(f"{root}: no document(s) {unknown}")
     wanted = set(chosen)
     parts: dict[str, list[str]] = {d: [] for d in chosen}
-    for batch in iter_item_batches(root, batch_size=16):
+    for batch in iter_item_batches(root, batch_size=16, doc_ids=wanted):
         for row in batch.to_pylist():
             d = row["doc_id"]
             if d not in wanted or (row["page"] is not None and row["page"] >= max_pages):

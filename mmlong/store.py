@@ -169,36 +169,48 @@ def read_documents(root: Path, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
 
 
-def iter_item_batches(root: Path, columns: list[str] | None = None, batch_size: int = 64) -> Iterator[pa.RecordBatch]:
-    """Item rows in sequence order, `batch_size` rows at a time (bounded memory)."""
+def iter_item_batches(
+    root: Path, columns: list[str] | None = None, batch_size: int = 64, doc_ids: set[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Item rows in sequence order, `batch_size` rows at a time (bounded memory). With
+    `doc_ids`, row groups whose doc_id range holds none of them are not read."""
     for path in scan(Path(root)).items:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        pf = pq.ParquetFile(path)
+        groups = list(range(pf.num_row_groups))
+        if doc_ids is not None:
+            col = pf.schema_arrow.get_field_index("doc_id")
+            groups = [g for g in groups if _may_hold(pf.metadata.row_group(g).column(col).statistics, doc_ids)]
+        if groups:
+            yield from pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns)
+
+
+def _may_hold(stats, doc_ids: set[str]) -> bool:
+    if stats is None or not stats.has_min_max:
+        return True
+    return any(stats.min <= d <= stats.max for d in doc_ids)
 
 
 def iter_documents(
     root: Path, images: bool = True, doc_ids: Iterable[str] | None = None, batch_size: int = 64
 ) -> Iterator[Document]:
-    """Stream documents with their items, one document in memory at a time.
-    With images=False the image bytes are not read at all."""
+    """Stream documents with their items, one document in memory at a time, in dataset order
+    (documents without items included). With images=False no image byte is read."""
     root = Path(root)
     wanted = set(doc_ids) if doc_ids is not None else None
-    docs = {row["doc_id"]: row for row in read_documents(root).to_pylist()}
     columns = None if images else [n for n in ITEMS_SCHEMA.names if n != "image"]
-    current: Document | None = None
-    for batch in iter_item_batches(root, columns, batch_size):
-        for row in batch.to_pylist():
-            doc_id = row["doc_id"]
-            if wanted is not None and doc_id not in wanted:
-                continue
-            if current is None or current.doc_id != doc_id:
-                if current is not None:
-                    yield current
-                if doc_id not in docs:
-                    raise DatasetError(f"{root}: items of {doc_id} have no documents row")
-                current = document_from_row(docs[doc_id])
-            current.items.append(item_from_row(row))
-    if current is not None:
-        yield current
+    rows = (row for batch in iter_item_batches(root, columns, batch_size, wanted) for row in batch.to_pylist())
+    row = next(rows, None)
+    for doc_row in read_documents(root).to_pylist():
+        doc = document_from_row(doc_row)
+        keep = wanted is None or doc.doc_id in wanted
+        while row is not None and row["doc_id"] == doc.doc_id:
+            if keep:
+                doc.items.append(item_from_row(row))
+            row = next(rows, None)
+        if keep:
+            yield doc
+    if row is not None:
+        raise DatasetError(f"{root}: items of {row['doc_id']} are out of document order or have no documents row")
 
 
 def load_document(root: Path, doc_id: str, images: bool = True) -> Document:

@@ -202,3 +202,36 @@ def test_kill_9_loses_no_finished_document(tmp_path):
     final = [d.doc_id for d in store.iter_documents(out, images=False)]
     assert len(final) == len(set(final)) == 16
     assert list((out / "items").glob("part-*")) == [] and not (out / ".staging").exists()
+
+
+def test_identical_files_are_ingested_once(pdf_dir, tmp_path):
+    copy = tmp_path / "copy.pdf"
+    copy.write_bytes((pdf_dir / "report.pdf").read_bytes())
+    report = run([pdf_dir / "report.pdf", copy], tmp_path / "ds", workers=2)
+    assert report.ok and report.skipped == [str(copy.resolve())]
+    assert len(list(store.iter_documents(tmp_path / "ds", images=False))) == 1
+
+
+def test_a_killed_worker_is_replaced_and_its_pages_retried(tmp_path):
+    import multiprocessing
+    import threading
+
+    for k in range(4):
+        write_pdf(tmp_path / f"d{k}.pdf", [f"Doc {k} page {i}. {LOREM}" for i in range(12)])
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.update(report=ingest([str(tmp_path)], tmp_path / "ds", workers=2, chunk_pages=1, progress=False))
+    )
+    thread.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "ds" / "documents").is_dir():
+        time.sleep(0.01)
+    time.sleep(0.3)
+    victims = multiprocessing.active_children()
+    assert victims, "no worker process to kill"
+    os.kill(victims[0].pid, signal.SIGKILL)
+    thread.join(120)
+    report = result["report"]
+    assert report.ok, report.failed
+    docs = list(store.iter_documents(tmp_path / "ds", images=False))
+    assert len(docs) == 4 and all(len(d.items) == 24 for d in docs)

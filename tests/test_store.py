@@ -189,3 +189,27 @@ def test_item_kind_is_checked():
     with pytest.raises(ValueError, match="unknown item kind"):
         Item("picture")
     assert Item(FIGURE).is_image and not Item(TEXT).is_image
+
+
+def test_documents_without_items_are_read(tmp_path):
+    root = tmp_path / "ds"
+    w = write_docs(root, [1], close=False)
+    empty = Document("doc0000", "/data/scan.pdf", "pdf", "0" * 64, num_pages=3)
+    w.commit(w.open(empty.doc_id, empty.source), empty)
+    doc, items = make_doc(2)
+    sink = w.open(doc.doc_id, doc.source)
+    sink.write(items)
+    w.commit(sink, doc)
+    for _ in range(2):  # as parts, then compacted
+        docs = list(store.iter_documents(root))
+        assert [(d.doc_id, len(d.items)) for d in docs] == [("doc0000", 0), ("doc0001", 5), ("doc0002", 5)]
+        w.close()
+    assert store.load_document(root, "doc0000").num_pages == 3
+
+
+def test_selected_documents_skip_other_row_groups(tmp_path):
+    root = tmp_path / "ds"
+    write_docs(root, list(range(40)))
+    rows = sum(b.num_rows for b in store.iter_item_batches(root, doc_ids={"doc0031"}))
+    assert 5 <= rows < 200  # 200 items in all, 64 per row group
+    assert [d.doc_id for d in store.iter_documents(root, doc_ids=["doc0031", "doc0002"])] == ["doc0002", "doc0031"]

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,8 @@ class _Doc:
     next_chunk: int = 0
     pending: dict[int, list[Item]] = field(default_factory=dict)
     failed: bool = False
+    crashes: dict[int, int] = field(default_factory=dict)
+    """Worker crashes per chunk."""
 
 
 def _worker_init() -> None:
@@ -210,6 +213,7 @@ def ingest(
     budget = (opts.tokens.min_pixels, opts.tokens.max_pixels)
     queue: deque[tuple[_Doc, int]] = deque()
     file_iter: Iterator[Path] = iter(files)
+    in_progress: dict[str, str] = {}
     total_pages = 0
     started = time.perf_counter()
 
@@ -222,10 +226,11 @@ def ingest(
         try:
             sha = file_sha256(path) if path.is_file() else ""
             doc_id = sha[:16]
-            if doc_id and doc_id in writer.committed:
+            seen = writer.committed.get(doc_id) or in_progress.get(doc_id)
+            if doc_id and seen:
                 report.skipped.append(source)
-                if writer.committed[doc_id] != source:
-                    show.print(f"skipped {source}: same content as {writer.committed[doc_id]}")
+                if seen != source:
+                    show.print(f"skipped {source}: same content as {seen}")
                 return True
             meta = check_pdf(path)
         except (IngestError, OSError) as e:
@@ -237,6 +242,7 @@ def ingest(
             show.print(f"warning {source}: damaged PDF repaired by MuPDF; some pages may be incomplete")
         n = meta["page_count"]
         doc = _Doc(path, doc_id, sha, meta, chunks=-(-n // chunk_pages), sink=writer.open(doc_id, source))
+        in_progress[doc_id] = source
         for c in range(doc.chunks):
             queue.append((doc, c))
         total_pages += n
@@ -258,13 +264,38 @@ def ingest(
         show.print(f"failed {doc.path}: {reason}")
 
     limit = 2 * workers + 2
-    pool = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
-        if workers > 1
-        else None
+    make_pool = lambda: ProcessPoolExecutor(  # noqa: E731
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
     )
+    pool = make_pool() if workers > 1 else None
     inflight: dict[Future, tuple[_Doc, int]] = {}
     buffered = 0
+    succeeded = 0
+
+    def chunk_args(doc: _Doc, c: int) -> tuple:
+        return str(doc.path), c * chunk_pages, min((c + 1) * chunk_pages, doc.meta["page_count"]), opts.pdf, budget
+
+    def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:
+        """A worker died (a MuPDF crash or out of memory) and took the pool with it: retry every
+        chunk that was in flight once in a fresh pool; a chunk that crashes twice fails its doc."""
+        nonlocal pool
+        if succeeded == 0 and any(doc.crashes.get(c) for doc, c in crashed):
+            raise RuntimeError(
+                "worker processes die before finishing any page: the pool cannot start here. Scripts must be "
+                "importable files with an `if __name__ == '__main__':` guard (multiprocessing spawn), or use workers=1"
+            )
+        pool.shutdown(wait=True, cancel_futures=True)
+        pool = make_pool()
+        for doc, c in reversed(crashed):
+            if doc.failed:
+                continue
+            doc.crashes[c] = doc.crashes.get(c, 0) + 1
+            if doc.crashes[c] > 1:
+                start, stop = chunk_args(doc, c)[1:3]
+                fail(doc, f"a worker process crashed on pages {start + 1}-{stop} (MuPDF crash or out of memory)")
+            else:
+                queue.appendleft((doc, c))
+
     try:
         while True:
             while len(inflight) + buffered < limit:
@@ -275,12 +306,18 @@ def ingest(
                 doc, c = queue.popleft()
                 if doc.failed:
                     continue
-                args = (str(doc.path), c * chunk_pages, min((c + 1) * chunk_pages, doc.meta["page_count"]), opts.pdf, budget)
-                fut = pool.submit(pages_items, *args) if pool else _run_inline(pages_items, *args)
+                try:
+                    fut = pool.submit(pages_items, *chunk_args(doc, c)) if pool else _run_inline(pages_items, *chunk_args(doc, c))
+                except BrokenProcessPool:  # broke since the last wait: in-flight chunks report it
+                    queue.appendleft((doc, c))
+                    if not inflight:
+                        restart_after_crash([])
+                    break
                 inflight[fut] = (doc, c)
             if not inflight:
                 break
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            crashed: list[tuple[_Doc, int]] = []
             for fut in done:
                 doc, c = inflight.pop(fut)
                 if doc.failed:
@@ -288,6 +325,10 @@ def ingest(
                 try:
                     doc.pending[c] = fut.result()
                     buffered += 1
+                    succeeded += 1
+                except BrokenProcessPool:
+                    crashed.append((doc, c))
+                    continue
                 except Exception as e:
                     buffered -= len(doc.pending)
                     fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
@@ -300,6 +341,10 @@ def ingest(
                     doc.next_chunk += 1
                 if doc.next_chunk == doc.chunks:
                     finish(doc)
+            if crashed:
+                crashed += list(inflight.values())  # the pool is broken: nothing in flight will finish
+                inflight.clear()
+                restart_after_crash(crashed)
             show.update(report.pages, total_pages, len(report.ingested), len(report.failed))
     except BaseException:
         for fut in inflight:
