@@ -84,13 +84,14 @@ _CSS = """body{font-family:sans-serif;max-width:1000px;margin:auto;background:#f
 .doc{background:#fff;margin:1em 0;padding:1em;border-radius:6px}
 .item{border-left:4px solid #ccc;margin:.6em 0;padding:.2em .6em}
 .text{border-color:#4a8;white-space:pre-wrap}.image{border-color:#48c}
-.prov{font-size:.75em;color:#666;font-family:monospace}img{max-width:100%;border:1px solid #ddd}"""
+.prov{font-size:.75em;color:#666;font-family:monospace}img{max-width:min(100%,560px);border:1px solid #ddd}"""
 
 
-def _prov(row: dict[str, Any]) -> str:
+def _prov(row: dict[str, Any], labels: list[str] | None) -> str:
     parts = [row["kind"], f"seq {row['seq']}"]
     if row.get("page") is not None:
-        parts.append(f"page {row['page'] + 1}")
+        label = labels[row["page"]] if labels and row["page"] < len(labels) else None
+        parts.append(f"page {row['page'] + 1}" + (f" (label {label})" if label and label != str(row["page"] + 1) else ""))
     if row.get("bbox") is not None:
         parts.append("bbox " + ",".join(f"{v:.0f}" for v in row["bbox"]))
     if row.get("timestamp") is not None:
@@ -111,6 +112,7 @@ def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs
     if unknown:
         raise ValueError(f"{root}: no document(s) {unknown}")
     wanted = set(chosen)
+    meta = {d: json.loads(docs[d]["metadata"] or "{}") for d in chosen}
     parts: dict[str, list[str]] = {d: [] for d in chosen}
     for batch in iter_item_batches(root, batch_size=16, doc_ids=wanted):
         for row in batch.to_pylist():
@@ -123,15 +125,14 @@ def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs
                 cls = "image"
             else:
                 body, cls = html.escape(row["text"] or ""), "text"
-            parts[d].append(f'<div class="item {cls}"><div class="prov">{_prov(row)}</div>{body}</div>')
+            parts[d].append(f'<div class="item {cls}"><div class="prov">{_prov(row, meta[d].get("page_labels"))}</div>{body}</div>')
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         f.write(f"<!doctype html><meta charset=utf-8><title>mmlong preview</title><style>{_CSS}</style>")
         f.write(f"<h1>mmlong preview: {html.escape(str(root))}</h1>")
         for d in chosen:
             r = docs[d]
-            meta = json.loads(r["metadata"] or "{}")
-            toc = "".join(f"<li>{'&nbsp;' * 4 * (lvl - 1)}{html.escape(t)} (p. {p})</li>" for lvl, t, p in meta.get("toc", []))
+            toc = "".join(f"<li>{'&nbsp;' * 4 * (lvl - 1)}{html.escape(t)} (p. {p})</li>" for lvl, t, p in meta[d].get("toc", []))
             f.write(
                 f'<div class="doc"><h2>{html.escape(Path(r["source"]).name)}</h2>'
                 f'<div class="prov">{html.escape(r["source"])} | doc_id {d} | {r["num_pages"]} pages | '

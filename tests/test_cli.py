@@ -43,6 +43,7 @@ def test_inspect_table_and_html_preview(pdf_dir, tmp_path, capsys):
     assert html.count('<img src="data:image/jpeg;base64,') == 3  # report: pages 1-2, note: page 1
     assert "page-image | seq 0 | page 1 | bbox 0,0,595,842 | 1190x1684 jpeg | 2520 tokens" in html
     assert "The committee reviewed the annual figures" in html and "Introduction" in html
+    assert "page-image | seq 2 | page 2 (label A-1) |" in html  # printed page labels shown
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
