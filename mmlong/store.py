@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmlong import __version__
@@ -37,6 +38,7 @@ from mmlong.schema import (
     DOCUMENTS_SCHEMA,
     FORMAT_VERSION,
     ITEMS_SCHEMA,
+    TEXT,
     Document,
     Item,
     document_from_row,
@@ -82,8 +84,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_replace(tmp, path)
 
 
+def _staging(root: Path) -> Path:
+    path = root / STAGING
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def _write_table(root: Path, table: pa.Table, dest: Path) -> None:
-    tmp = root / STAGING / f"{dest.parent.name}-{dest.name}.{os.getpid()}.tmp"
+    tmp = _staging(root) / f"{dest.parent.name}-{dest.name}.{os.getpid()}.tmp"
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_ITEMS)
     _fsync_replace(tmp, dest)
 
@@ -224,22 +232,25 @@ class DocSink:
 
     def __init__(self, root: Path, doc_id: str, source: str) -> None:
         self.root, self.doc_id, self.source = root, doc_id, source
-        self.tmp = root / STAGING / f"items-{doc_id}.{os.getpid()}.tmp"
+        self.tmp = _staging(root) / f"items-{doc_id}.{os.getpid()}.tmp"
         self.writer = pq.ParquetWriter(self.tmp, ITEMS_SCHEMA, **ITEMS_WRITE_OPTIONS)
         self.num_items = 0
         self.text_tokens = 0
         self.vision_tokens = 0
 
-    def write(self, items: list[Item]) -> None:
-        if not items:
+    def write(self, items: list[Item] | pa.Table) -> None:
+        """Append items (or an items table, whose `seq` is renumbered to follow)."""
+        table = items if isinstance(items, pa.Table) else items_table(self.doc_id, self.source, items)
+        if table.num_rows == 0:
             return
-        self.writer.write_table(items_table(self.doc_id, self.source, items, self.num_items))
-        self.num_items += len(items)
-        for it in items:
-            if it.is_image:
-                self.vision_tokens += it.tokens
-            else:
-                self.text_tokens += it.tokens
+        seq = pa.array(range(self.num_items, self.num_items + table.num_rows), pa.int32())
+        table = table.set_column(table.schema.get_field_index("seq"), "seq", seq)
+        self.writer.write_table(table)
+        self.num_items += table.num_rows
+        tokens = table.column("tokens")
+        text = pc.sum(pc.if_else(pc.equal(table.column("kind"), TEXT), tokens, 0)).as_py() or 0
+        self.text_tokens += text
+        self.vision_tokens += (pc.sum(tokens).as_py() or 0) - text
 
     def abort(self) -> None:
         self.writer.close()
@@ -271,10 +282,9 @@ class DatasetWriter:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "options": options,
             }
-        for sub in (ITEMS, DOCUMENTS, STAGING):
+        for sub in (ITEMS, DOCUMENTS):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         recover(self.root)
-        (self.root / STAGING).mkdir(exist_ok=True)
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
         self.failures = read_failures(self.root)
         self.committed: dict[str, str] = {}
@@ -343,7 +353,7 @@ def compact(root: Path, shard_bytes: int = SHARD_BYTES) -> int:
             writer = None
         if writer is None:
             dest = root / ITEMS / f"shard-{cid}-{shard_no:03d}.parquet"
-            tmp = root / STAGING / f"{dest.name}.{os.getpid()}.tmp"
+            tmp = _staging(root) / f"{dest.name}.{os.getpid()}.tmp"
             writer, written = pq.ParquetWriter(tmp, ITEMS_SCHEMA, **ITEMS_WRITE_OPTIONS), 0
             shards.append((tmp, dest))
         source = pq.ParquetFile(part)

@@ -118,7 +118,7 @@ def test_recover_drops_uncommitted_and_temporary_files(tmp_path):
     w2 = store.DatasetWriter(root, OPTIONS)  # resume
     assert set(w2.committed) == {"doc0001", "doc0002"}
     assert not (root / "items" / "part-doc0009.parquet").exists()
-    assert list((root / ".staging").iterdir()) == []
+    assert not (root / ".staging").exists()  # the killed run's temporary file is gone
 
 
 def test_kill_during_compaction_before_commit(tmp_path):
@@ -151,6 +151,14 @@ def test_kill_during_compaction_after_commit(tmp_path):
     store.recover(root)
     assert sorted(p.name for p in (root / "items").iterdir()) == ["shard-00001-000.parquet"]
     assert sorted(p.name for p in (root / "documents").iterdir()) == ["shard-00001.parquet"]
+
+
+def test_compact_on_its_own(tmp_path):
+    root = tmp_path / "ds"
+    write_docs(root, [1, 2], close=False)
+    shutil.rmtree(root / ".staging")
+    assert store.compact(root) == 2 and store.compact(root) == 0
+    assert [d.doc_id for d in store.iter_documents(root)] == ["doc0001", "doc0002"]
 
 
 def test_second_run_adds_a_second_shard(tmp_path):

@@ -245,3 +245,10 @@ def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tupl
         except Exception as e:
             raise IngestError(f"page {index + 1}: {type(e).__name__}: {e}") from None
     return items
+
+
+def pages_table(path: str, doc_id: str, start: int, stop: int, opts: PdfOptions, budget: tuple[int, int]):
+    """`pages_items` as an Arrow items table, built in the worker so the parent only writes it."""
+    from mmlong.schema import items_table
+
+    return items_table(doc_id, path, pages_items(path, start, stop, opts, budget))

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_items
+from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_table
 from mmlong.presets import load_preset
-from mmlong.schema import Document, Item
+import pyarrow as pa
+
+from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
 
@@ -129,7 +131,7 @@ class _Doc:
     chunks: int
     sink: DocSink
     next_chunk: int = 0
-    pending: dict[int, list[Item]] = field(default_factory=dict)
+    pending: dict[int, pa.Table] = field(default_factory=dict)
     failed: bool = False
     crashes: dict[int, int] = field(default_factory=dict)
     """Worker crashes per chunk."""
@@ -152,7 +154,7 @@ def _run_inline(fn: Callable, *args) -> Future:
 class _Progress:
     """A rich progress bar with pages/s, or nothing."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, files: int) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True)
@@ -165,11 +167,11 @@ class _Progress:
                 TextColumn("[bold]ingest"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("pages  {task.fields[rate]:.1f} pages/s  docs {task.fields[docs]}  failed {task.fields[failed]}"),
+                TextColumn("pages  {task.fields[rate]:.1f} pages/s  docs {task.fields[docs]}/{task.fields[files]}  failed {task.fields[failed]}"),
                 TimeElapsedColumn(),
                 console=self.console,
             )
-            self.task = self.bar.add_task("ingest", total=0, rate=0.0, docs=0, failed=0)
+            self.task = self.bar.add_task("ingest", total=0, rate=0.0, docs=0, failed=0, files=files)
             self.bar.start()
 
     def update(self, pages: int, total: int, docs: int, failed: int) -> None:
@@ -205,7 +207,7 @@ def ingest(
     writer = DatasetWriter(Path(out), options_dict)
     report = IngestReport(out=Path(out))
     files, missing = expand_inputs(paths)
-    show = _Progress(progress)
+    show = _Progress(progress, len(files))
     for p, reason in missing.items():
         report.failed[p] = reason
         writer.fail(p, reason)
@@ -273,7 +275,8 @@ def ingest(
     succeeded = 0
 
     def chunk_args(doc: _Doc, c: int) -> tuple:
-        return str(doc.path), c * chunk_pages, min((c + 1) * chunk_pages, doc.meta["page_count"]), opts.pdf, budget
+        stop = min((c + 1) * chunk_pages, doc.meta["page_count"])
+        return str(doc.path), doc.doc_id, c * chunk_pages, stop, opts.pdf, budget
 
     def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:
         """A worker died (a MuPDF crash or out of memory) and took the pool with it: retry every
@@ -291,7 +294,7 @@ def ingest(
                 continue
             doc.crashes[c] = doc.crashes.get(c, 0) + 1
             if doc.crashes[c] > 1:
-                start, stop = chunk_args(doc, c)[1:3]
+                start, stop = chunk_args(doc, c)[2:4]
                 fail(doc, f"a worker process crashed on pages {start + 1}-{stop} (MuPDF crash or out of memory)")
             else:
                 queue.appendleft((doc, c))
@@ -307,7 +310,7 @@ def ingest(
                 if doc.failed:
                     continue
                 try:
-                    fut = pool.submit(pages_items, *chunk_args(doc, c)) if pool else _run_inline(pages_items, *chunk_args(doc, c))
+                    fut = pool.submit(pages_table, *chunk_args(doc, c)) if pool else _run_inline(pages_table, *chunk_args(doc, c))
                 except BrokenProcessPool:  # broke since the last wait: in-flight chunks report it
                     queue.appendleft((doc, c))
                     if not inflight:
@@ -334,9 +337,9 @@ def ingest(
                     fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
                     continue
                 while doc.next_chunk in doc.pending:
-                    items = doc.pending.pop(doc.next_chunk)
+                    table = doc.pending.pop(doc.next_chunk)
                     buffered -= 1
-                    doc.sink.write(items)
+                    doc.sink.write(table)
                     report.pages += min(chunk_pages, doc.meta["page_count"] - doc.next_chunk * chunk_pages)
                     doc.next_chunk += 1
                 if doc.next_chunk == doc.chunks:
