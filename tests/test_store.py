@@ -121,13 +121,18 @@ def test_recover_drops_uncommitted_and_temporary_files(tmp_path):
     assert not (root / ".staging").exists()  # the killed run's temporary file is gone
 
 
-def test_kill_during_compaction_before_commit(tmp_path):
-    """Items shards written, documents shard not yet: the shards are ignored, parts stay."""
-    root = tmp_path / "ds"
+def compacted_keeping_parts(tmp_path: Path) -> tuple[Path, Path]:
+    """A dataset of two documents compacted, and a copy of its parts from before."""
+    root, saved = tmp_path / "ds", tmp_path / "saved"
     write_docs(root, [1, 2], close=False)
-    saved = tmp_path / "saved"
     shutil.copytree(root, saved)
     store.compact(root)
+    return root, saved
+
+
+def test_kill_during_compaction_before_commit(tmp_path):
+    """Items shards written, documents shard not yet: the shards are ignored, parts stay."""
+    root, saved = compacted_keeping_parts(tmp_path)
     (root / "documents" / "shard-00001.parquet").unlink()
     for sub in ("documents", "items"):
         for part in (saved / sub).glob("part-*.parquet"):
@@ -140,11 +145,7 @@ def test_kill_during_compaction_before_commit(tmp_path):
 
 def test_kill_during_compaction_after_commit(tmp_path):
     """Documents shard committed, parts not yet removed: the parts are ignored, then removed."""
-    root = tmp_path / "ds"
-    write_docs(root, [1, 2], close=False)
-    saved = tmp_path / "saved"
-    shutil.copytree(root, saved)
-    store.compact(root)
+    root, saved = compacted_keeping_parts(tmp_path)
     shutil.copy(saved / "items" / "part-doc0001.parquet", root / "items")
     shutil.copy(saved / "documents" / "part-doc0002.parquet", root / "documents")
     assert [d.doc_id for d in store.iter_documents(root)] == ["doc0001", "doc0002"]

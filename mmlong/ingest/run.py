@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from mmlong import tokens as tk
 from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_table
 from mmlong.presets import load_preset
-import pyarrow as pa
-
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
@@ -258,8 +258,10 @@ def ingest(
         report.ingested.append(str(doc.path))
 
     def fail(doc: _Doc, reason: str) -> None:
+        nonlocal buffered
         doc.failed = True
         doc.sink.abort()
+        buffered -= len(doc.pending)
         doc.pending.clear()
         report.failed[str(doc.path)] = reason
         writer.fail(str(doc.path), reason)
@@ -301,7 +303,7 @@ def ingest(
 
     try:
         while True:
-            while len(inflight) + buffered < limit:
+            while not inflight or len(inflight) + buffered < limit:  # a retried chunk may wait behind its successors
                 if not queue and not open_next():
                     break
                 if not queue:
@@ -333,7 +335,6 @@ def ingest(
                     crashed.append((doc, c))
                     continue
                 except Exception as e:
-                    buffered -= len(doc.pending)
                     fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
                     continue
                 while doc.next_chunk in doc.pending:
