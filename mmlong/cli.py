@@ -2,6 +2,8 @@
 
     mmlong ingest PATH... --out DIR [--preset NAME] [options]
     mmlong inspect DIR [--json] [--html OUT]
+    mmlong render PATH... --out DIR [--preset NAME] [--ocr ENGINE]
+    mmlong render-search TEXT... --out DIR [--floor 0.9] [--budget 40] [--seed 0]
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
 """
@@ -60,6 +62,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from mmlong.ingest.run import TokenBudget
+    from mmlong.presets import load_preset
+    from mmlong.render.glyph import RenderConfig
+    from mmlong.render.run import print_report, render
+
+    data = load_preset("render", args.preset)
+    data.update({k: v for k, v in {"dpi": args.dpi, "font_size": args.font_size, "format": args.format}.items() if v is not None})
+    budget = TokenBudget(args.token_min_pixels, args.token_max_pixels)
+    report = render(args.paths, args.out, config=RenderConfig.from_dict(data), budget=budget, ocr=args.ocr,
+                    workers=args.workers, progress=not args.no_progress)
+    print_report(report)
+    print(f"dataset: {Path(args.out).resolve()}")
+    return 0 if report.ok else 1
+
+
+def cmd_render_search(args: argparse.Namespace) -> int:
+    from mmlong.presets import load_preset
+    from mmlong.render.glyph import RenderConfig
+    from mmlong.render.search import SearchSettings, ocr_scorer, search, write_results
+
+    text = "\n\n".join(Path(p).read_text(encoding="utf-8") for p in args.paths)[: args.sample_chars]
+    settings = SearchSettings(floor=args.floor, population=args.population, budget=args.budget, mutation=args.mutation,
+                              crossover=args.crossover, seed=args.seed, top=args.top)
+    base = RenderConfig.from_dict(load_preset("render", args.base))
+    space = load_preset("render", args.space)
+
+    def show(e) -> None:
+        print(f"[{e.generation}] compression {e.ratio:.2f}x legibility {e.legibility:.3f} {'ok' if e.feasible else '--'} {e.genes}")
+
+    result = search(text, ocr_scorer(args.ocr), space, settings, base, progress=show)
+    presets = write_results(result, Path(args.out), settings, base)
+    best = result.best(1)[0]
+    print(f"best: {best.ratio:.2f}x at legibility {best.legibility:.3f}; presets {', '.join(map(str, presets))}; "
+          f"plot {Path(args.out).resolve() / 'search.png'}")
+    return 0 if best.feasible else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,18 +130,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-docs", type=int, default=3)
     p.add_argument("--max-pages", type=int, default=8, help="pages shown per document")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("render", help="render text files or a dataset's text to page images (visual compression)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="text files, folders of them, or mmlong datasets")
+    p.add_argument("--out", required=True, help="dataset folder for the rendered pages")
+    p.add_argument("--preset", default="glyph-default", help="render preset name (render/*.yaml) or a YAML path")
+    p.add_argument("--dpi", type=float, help="override the preset's dpi")
+    p.add_argument("--font-size", type=float, help="override the preset's font size (pt)")
+    p.add_argument("--format", choices=["text", "markdown", "code"], help="how to read the text")
+    p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr"], help="also measure OCR legibility")
+    p.add_argument("--token-min-pixels", type=int, default=3136)
+    p.add_argument("--token-max-pixels", type=int, default=12845056)
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("render-search", help="search render configs: most compression above a legibility floor")
+    p.add_argument("paths", nargs="+", metavar="TEXT", help="text files to render while searching")
+    p.add_argument("--out", required=True, help="folder for search.jsonl, best-N.yaml presets and search.png")
+    p.add_argument("--space", default="search-space", help="search space (render/*.yaml name or path)")
+    p.add_argument("--base", default="glyph-default", help="preset giving the genes the space leaves out")
+    p.add_argument("--floor", type=float, default=0.9, help="minimum OCR character accuracy")
+    p.add_argument("--population", type=int, default=8)
+    p.add_argument("--budget", type=int, default=40, help="configs evaluated in all")
+    p.add_argument("--mutation", type=float, default=0.25)
+    p.add_argument("--crossover", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=3, help="best configs written as presets")
+    p.add_argument("--sample-chars", type=int, default=4000, help="characters of text rendered per evaluation")
+    p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr"], default="auto")
+    p.set_defaults(func=cmd_render_search)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mmlong.ingest.pdf import IngestError
+    from mmlong.render.ocr import OcrUnavailable
     from mmlong.store import DatasetError
     from mmlong.tokens import TokenizerNotFound
 
     try:
         return args.func(args)
-    except (DatasetError, IngestError, TokenizerNotFound, ValueError, OSError) as e:
+    except (DatasetError, IngestError, TokenizerNotFound, OcrUnavailable, ValueError, OSError) as e:
         print(f"mmlong {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
