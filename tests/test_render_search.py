@@ -102,3 +102,16 @@ def test_render_search_command(tmp_path, monkeypatch, capsys):
                  "--population", "4", "--floor", "0.8"])
     assert code == 0 and "best:" in capsys.readouterr().out
     assert (tmp_path / "s" / "best-1.yaml").exists() and (tmp_path / "s" / "search.png").exists()
+
+
+def test_parallel_render_equals_serial(tmp_path):
+    from mmlong.render.run import render
+
+    for k in range(3):
+        (tmp_path / f"t{k}.txt").write_text(f"Document {k}. " + TEXT)
+    serial = render([str(tmp_path)], tmp_path / "one", workers=1, progress=False)
+    parallel = render([str(tmp_path)], tmp_path / "two", workers=2, progress=False)
+    assert serial.ok and parallel.ok and serial.ratio == parallel.ratio > 1
+    a = {d.doc_id: [it.image for it in d.items] for d in store.iter_documents(tmp_path / "one")}
+    b = {d.doc_id: [it.image for it in d.items] for d in store.iter_documents(tmp_path / "two")}
+    assert a == b and len(a) == 3

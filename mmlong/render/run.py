@@ -65,7 +65,9 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str]]:
                 text = "\n\n".join(it.text for it in doc.items if it.kind == TEXT and it.text)
                 yield doc.doc_id, f"{Path(p).resolve()}#{doc.doc_id}", doc.kind, text
         elif Path(p).is_dir():
-            plain += [str(f) for f in sorted(Path(p).rglob("*")) if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES]
+            datasets = {m.parent for m in Path(p).rglob("manifest.json") if is_dataset(m.parent)}
+            plain += [str(f) for f in sorted(Path(p).rglob("*")) if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
+                      and not datasets.intersection(f.parents)]
         else:
             plain.append(p)
     files, missing = expand_inputs(plain)
