@@ -34,14 +34,26 @@ def render_chat(messages: list[dict[str, Any]], add_generation_prompt: bool = Fa
     return _template().render(messages=messages, add_generation_prompt=add_generation_prompt, add_vision_id=add_vision_id)
 
 
-def _payload(image: bytes, fmt: str, image_as: str):
+REF_SCHEME = "mmlong://"
+
+
+def image_ref(doc_id: str, seq: int) -> str:
+    """A reference to item `seq` of document `doc_id` in the source dataset."""
+    return f"{REF_SCHEME}{doc_id}/{seq}"
+
+
+def _payload(image: bytes | None, fmt: str, image_as: str, ref: str):
+    if image_as == "ref":
+        return ref
+    if image is None:
+        raise ValueError(f"{ref}: the item has no image bytes (load the document with images=True)")
     if image_as == "pil":
         from PIL import Image
 
         return Image.open(io.BytesIO(image))
     if image_as == "data-uri":
         return f"data:image/{fmt};base64,{base64.b64encode(image).decode()}"
-    raise ValueError(f"image_as must be 'pil' or 'data-uri', got {image_as!r}")
+    raise ValueError(f"image_as must be 'pil', 'data-uri' or 'ref', got {image_as!r}")
 
 
 def to_messages(
@@ -57,7 +69,8 @@ def to_messages(
     """Chat messages showing `doc` (its items in order; only `pages` if given, 0-based), then
     `question`, in one user turn; `answer` becomes the assistant turn. Adjacent text items are
     joined with a newline. Images carry min/max pixels so qwen-vl-utils resizes them to the
-    budget the token counts assume."""
+    budget the token counts assume; with image_as="ref" they are `mmlong://doc_id/seq`
+    references to the source dataset (see `resolve_images`)."""
     content: list[dict[str, Any]] = []
     texts: list[str] = []
 
@@ -66,17 +79,16 @@ def to_messages(
             content.append({"type": "text", "text": "\n".join(texts)})
             texts.clear()
 
-    for item in doc.items:
+    for seq, item in enumerate(doc.items):
         if pages is not None and item.page not in pages:
             continue
         if item.is_image:
-            if item.image is None:
-                raise ValueError(f"document {doc.doc_id}: item {item.kind} has no image bytes (load it with images=True)")
             flush()
+            ref = image_ref(doc.doc_id, seq)
             content.append(
                 {
                     "type": "image",
-                    "image": _payload(item.image, item.image_format or "jpeg", image_as),
+                    "image": _payload(item.image, item.image_format or "jpeg", image_as, ref),
                     "min_pixels": min_pixels,
                     "max_pixels": max_pixels,
                 }
@@ -134,9 +146,11 @@ def conversation_tokens(
     add_generation_prompt: bool = False,
     processor_min_pixels: int = tk.IMAGE_MIN_PIXELS,
     processor_max_pixels: int = tk.IMAGE_MAX_PIXELS,
+    image_tokens: dict[str, int] | None = None,
 ) -> int:
     """Exact length of the model input for `messages`: the chat-template prompt tokenized,
-    with each `<|image_pad|>` expanded to its image's token count."""
+    with each `<|image_pad|>` expanded to its image's token count. `image_tokens` gives the
+    counts of `mmlong://` image references (the items' stored `tokens`)."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     total = len(tok.encode(render_chat(messages, add_generation_prompt), add_special_tokens=False).ids)
     for message in messages:
@@ -146,5 +160,40 @@ def conversation_tokens(
             if element.get("type") == "video" or "video" in element:
                 raise ValueError("conversation_tokens counts text and images; size videos with mmlong.tokens.plan_video")
             if element.get("type") == "image" or "image" in element or "image_url" in element:
-                total += element_tokens(element, processor_min_pixels, processor_max_pixels) - 1
+                value = element.get("image")
+                if isinstance(value, str) and value.startswith(REF_SCHEME):
+                    if image_tokens is None or value not in image_tokens:
+                        raise ValueError(f"{value}: pass its token count in image_tokens")
+                    total += image_tokens[value] - 1
+                else:
+                    total += element_tokens(element, processor_min_pixels, processor_max_pixels) - 1
     return total
+
+
+def resolve_images(messages: list[dict[str, Any]], dataset: str | Path) -> list[dict[str, Any]]:
+    """A copy of `messages` whose `mmlong://doc_id/seq` image references are replaced by the
+    PIL images they point to in `dataset` (one document read at a time)."""
+    import copy
+
+    from PIL import Image
+
+    from mmlong.store import iter_documents
+
+    out = copy.deepcopy(messages)
+    refs = [e for m in out if not isinstance(m["content"], str) for e in m["content"]
+            if isinstance(e.get("image"), str) and e["image"].startswith(REF_SCHEME)]
+    wanted: dict[str, set[int]] = {}
+    for e in refs:
+        doc_id, seq = e["image"][len(REF_SCHEME):].rsplit("/", 1)
+        wanted.setdefault(doc_id, set()).add(int(seq))
+    found: dict[str, Any] = {}
+    for doc in iter_documents(Path(dataset), doc_ids=wanted):
+        for seq in wanted[doc.doc_id]:
+            if seq >= len(doc.items) or doc.items[seq].image is None:
+                raise ValueError(f"{dataset}: {image_ref(doc.doc_id, seq)} is not an image item")
+            found[image_ref(doc.doc_id, seq)] = Image.open(io.BytesIO(doc.items[seq].image))
+    for e in refs:
+        if e["image"] not in found:
+            raise ValueError(f"{dataset}: no image {e['image']}")
+        e["image"] = found[e["image"]]
+    return out

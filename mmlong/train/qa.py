@@ -1,0 +1,287 @@
+"""Long-document VQA synthesis (the MMProLong recipe): sample a coherent 8-15 page segment, write
+QA pairs from that segment alone, anchored so they stay unambiguous in the whole document
+(the sample shows the full document).
+
+Task types: extract-single (evidence on one page), extract-multi (2+ pages), reasoning
+(compute, compare, count); ablation baselines ocr-full and ocr-needle. Pages in questions
+and answers are 1-based positions in the file ("page 5" is the fifth page of the PDF).
+
+`TemplateWriter` needs no model: every answer comes from the document's own outline, captions,
+page labels and text layer, so every answer can be checked against the source.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mmlong.schema import TEXT, Document
+
+TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
+FORMATS = ("Int", "Float", "Str", "List", "None")
+NOT_ANSWERABLE = "Not answerable"
+_CAPTION = re.compile(r"^\s*((?:Figure|Fig\.|Table)\s+(\d+))\s*[:.]\s*(.+)", re.S)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
+
+@dataclass
+class QA:
+    """A question, its answer and the pages that hold the evidence."""
+
+    question: str
+    answer: Any
+    answer_format: str
+    """Int, Float, Str, List, or None for "Not answerable" (MMLongBench-Doc's formats)."""
+    evidence_pages: list[int]
+    """1-based pages, empty for unanswerable questions."""
+    task: str
+    kind: str
+    """The generator that wrote it (section-start, caption-text, ...)."""
+    anchor: str = ""
+    """What makes the question unambiguous in the whole document."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS or self.answer_format not in FORMATS:
+            raise ValueError(f"task {self.task!r} / answer_format {self.answer_format!r} not among {TASKS} / {FORMATS}")
+
+    @property
+    def answer_text(self) -> str:
+        if isinstance(self.answer, list):
+            return ", ".join(str(a) for a in self.answer)
+        return str(self.answer)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Pages [start, stop) of a document, 0-based."""
+
+    start: int
+    stop: int
+
+    @property
+    def pages(self) -> range:
+        return range(self.start, self.stop)
+
+    def label(self) -> str:
+        return f"pages {self.start + 1}-{self.stop}"
+
+
+class Writer(Protocol):
+    name: str
+
+    def write(self, doc: Document, segment: Segment, rng: random.Random) -> list[QA]: ...
+
+
+def sample_segment(doc: Document, rng: random.Random, min_pages: int = 8, max_pages: int = 15) -> Segment:
+    """A coherent run of 8-15 pages: it starts where an outline section starts when the
+    outline offers one that fits, else anywhere. Short documents are one segment."""
+    n = doc.num_pages
+    if n <= min_pages:
+        return Segment(0, n)
+    length = rng.randint(min_pages, min(max_pages, n))
+    starts = sorted({p - 1 for _, _, p in doc.metadata.get("toc", []) if 1 <= p <= n - min_pages + 1})
+    start = rng.choice(starts) if starts else rng.randint(0, n - length)
+    return Segment(start, min(n, start + length))
+
+
+def page_texts(doc: Document) -> dict[int, list[str]]:
+    """Text items per 0-based page, in reading order."""
+    pages: dict[int, list[str]] = {}
+    for it in doc.items:
+        if it.kind == TEXT and it.text and it.page is not None:
+            pages.setdefault(it.page, []).append(it.text)
+    return pages
+
+
+def _sentences(text: str) -> list[str]:
+    out = []
+    for s in _SENTENCE_END.split(" ".join(text.split())):
+        words = s.split()
+        if 8 <= len(words) <= 40 and s[-1] in ".!?" and sum(c.isalpha() for c in s) > 0.7 * len(s.replace(" ", "")):
+            out.append(s)
+    return out
+
+
+@dataclass
+class _Facts:
+    """What the template writer reads off a document."""
+
+    toc: list[tuple[int, str, int]]
+    titles: Counter
+    captions: list[tuple[int, str, str]]
+    """(page, label, caption text)."""
+    labels: Counter
+    sentences: list[tuple[int, str]]
+    """(page, sentence) for sentences found once in the whole document."""
+    texts: dict[int, list[str]] = field(default_factory=dict)
+
+
+def _facts(doc: Document) -> _Facts:
+    texts = page_texts(doc)
+    toc = [(lvl, title.strip(), page - 1) for lvl, title, page in doc.metadata.get("toc", []) if 1 <= page <= doc.num_pages]
+    captions = []
+    for page, blocks in texts.items():
+        for block in blocks:
+            if m := _CAPTION.match(block):
+                captions.append((page, m[1].replace("Fig.", "Figure"), " ".join(block.split())))
+    whole = "\n".join(" ".join(b.split()) for page in sorted(texts) for b in texts[page])
+    sentences = [(p, s) for p in sorted(texts) for b in texts[p] for s in _sentences(b) if whole.count(s) == 1]
+    return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences, texts)
+
+
+@dataclass
+class TemplateWriter:
+    """QA pairs from structure and text, no model: outline, captions, page labels, counts and
+    sentences quoted from the pages."""
+
+    name: str = "template"
+    per_kind: int = 2
+    """At most this many questions of each kind per segment."""
+    unanswerable_rate: float = 0.1
+    """Share of questions asked about something the document does not have."""
+    ocr_baselines: bool = False
+    """Also write the OCR-full and OCR-needle transcription tasks (ablation baselines)."""
+
+    def write(self, doc: Document, segment: Segment, rng: random.Random) -> list[QA]:
+        f = _facts(doc)
+        qas: list[QA] = []
+        for make in (_section_start, _sections_between, _section_distance, _caption_page, _caption_text,
+                     _caption_count, _sentence_page, _sentence_pages, _sentence_complete, _page_label):
+            qas += make(doc, f, segment, rng)[: self.per_kind]
+        if self.ocr_baselines:
+            qas += _ocr(doc, f, segment, rng)
+        n_unanswerable = round(self.unanswerable_rate / (1 - self.unanswerable_rate) * len(qas)) if qas else 0
+        qas += _unanswerable(f, n_unanswerable, rng)
+        return qas
+
+
+def _in(segment: Segment, page: int) -> bool:
+    return segment.start <= page < segment.stop
+
+
+def _section_start(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    entries = [e for e in f.toc if _in(seg, e[2]) and f.titles[e[1]] == 1]
+    return [QA(f'On which page does the section "{t}" begin?', p + 1, "Int", [p + 1], "extract-single",
+               "section-start", f'section "{t}"') for _, t, p in rng.sample(entries, len(entries))]
+
+
+def _sections_between(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    entries = [e for e in f.toc if _in(seg, e[2])]
+    pages = sorted({p for _, _, p in entries})
+    if len(pages) < 2:
+        return []
+    i = rng.randrange(len(pages) - 1)
+    a, b = pages[i], pages[min(len(pages) - 1, i + rng.randint(1, 3))]
+    titles = [t for _, t, p in entries if a <= p <= b]
+    return [QA(f"Which sections begin on pages {a + 1}-{b + 1}? List their titles in order.", titles, "List",
+               sorted({p + 1 for _, _, p in entries if a <= p <= b}), "extract-multi", "sections-between",
+               f"pages {a + 1}-{b + 1}")]
+
+
+def _section_distance(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    unique = [e for e in f.toc if _in(seg, e[2]) and f.titles[e[1]] == 1]
+    pairs = [(x, y) for x, y in zip(unique, unique[1:]) if y[2] > x[2]]
+    return [QA(f'How many pages after the first page of section "{x[1]}" does section "{y[1]}" begin?', y[2] - x[2],
+               "Int", [x[2] + 1, y[2] + 1], "reasoning", "section-distance", f'sections "{x[1]}" and "{y[1]}"')
+            for x, y in rng.sample(pairs, len(pairs))]
+
+
+def _caption_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    caps = [c for c in f.captions if _in(seg, c[0]) and f.labels[c[1]] == 1]
+    return [QA(f"On which page is the caption of {label}?", p + 1, "Int", [p + 1], "extract-single", "caption-page", label)
+            for p, label, _ in rng.sample(caps, len(caps))]
+
+
+def _caption_text(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    caps = [c for c in f.captions if _in(seg, c[0]) and f.labels[c[1]] == 1]
+    return [QA(f"What does the caption of {label} say? Quote it.", text, "Str", [p + 1], "extract-single",
+               "caption-text", label) for p, label, text in rng.sample(caps, len(caps))]
+
+
+def _caption_count(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    figures = [p for p, label, _ in f.captions if label.startswith("Figure") and _in(seg, p)]
+    if not figures:
+        return []
+    a = rng.randint(seg.start, min(figures))
+    b = rng.randint(max(figures), seg.stop - 1)
+    inside = [p for p in figures if a <= p <= b]
+    return [QA(f"How many figure captions appear on pages {a + 1}-{b + 1}?", len(inside), "Int",
+               sorted({p + 1 for p in inside}), "reasoning", "caption-count", f"pages {a + 1}-{b + 1}")]
+
+
+def _sentence_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    sents = [s for s in f.sentences if _in(seg, s[0])]
+    return [QA(f'On which page does this sentence appear: "{s}"', p + 1, "Int", [p + 1], "extract-single",
+               "sentence-page", s) for p, s in rng.sample(sents, min(len(sents), 4))]
+
+
+def _sentence_pages(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    sents = [s for s in f.sentences if _in(seg, s[0])]
+    out = []
+    for _ in range(4):
+        if len({p for p, _ in sents}) < 2:
+            break
+        (p1, s1), (p2, s2) = rng.sample(sents, 2)
+        if p1 == p2:
+            continue
+        (p1, s1), (p2, s2) = sorted([(p1, s1), (p2, s2)])
+        out.append(QA(f'On which pages do these two sentences appear, in order: "{s1}" and "{s2}"?', [p1 + 1, p2 + 1],
+                      "List", [p1 + 1, p2 + 1], "extract-multi", "sentence-pages", "two quoted sentences"))
+    return out
+
+
+def _sentence_complete(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """The beginning of a sentence (at least half of it, and long enough to be found once in
+    the document); the answer is the rest (at least three words)."""
+    out = []
+    sents = [s for s in f.sentences if _in(seg, s[0])]
+    for p, s in rng.sample(sents, min(4, len(sents))):
+        words = s.split()
+        for cut in range(len(words) // 2, len(words) - 2):
+            head = " ".join(words[:cut])
+            if sum(1 for _, other in f.sentences if other.startswith(head + " ")) == 1:
+                out.append(QA(f'Complete the sentence on page {p + 1} that begins "{head} ..."', " ".join(words[cut:]),
+                              "Str", [p + 1], "extract-single", "sentence-complete", f"page {p + 1}"))
+                break
+    return out
+
+
+def _page_label(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    labels = doc.metadata.get("page_labels") or []
+    pages = [p for p in seg.pages if p < len(labels) and labels[p] and labels[p] != str(p + 1)]
+    return [QA(f"What page number is printed on page {p + 1} of the file?", labels[p], "Str", [p + 1], "extract-single",
+               "page-label", f"page {p + 1}") for p in rng.sample(pages, len(pages))]
+
+
+def _ocr(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    def text(pages) -> str:
+        return "\n\n".join("\n".join(f.texts.get(p, [])) for p in pages)
+
+    out = [QA("Transcribe the text of every page of this document, in order.", text(range(doc.num_pages)), "Str",
+              [p + 1 for p in range(doc.num_pages) if f.texts.get(p)], "ocr-full", "ocr-full", "every page")]
+    k = rng.randint(1, min(3, len(seg.pages)))
+    start = rng.randint(seg.start, seg.stop - k)
+    chosen = range(start, start + k)
+    out.append(QA(f"Transcribe the text of pages {start + 1}-{start + k}.", text(chosen), "Str",
+                  [p + 1 for p in chosen], "ocr-needle", "ocr-needle", f"pages {start + 1}-{start + k}"))
+    return out
+
+
+def _unanswerable(f: _Facts, n: int, rng: random.Random) -> list[QA]:
+    """Questions about figures and sections the document does not have."""
+    out = []
+    numbers = [int(label.split()[-1]) for label in f.labels if label.startswith("Figure")]
+    for i in range(n):
+        if i % 2 == 0:
+            label = f"Figure {max(numbers, default=0) + rng.randint(5, 40)}"
+            q = f"On which page is the caption of {label}?"
+        else:
+            label = f'section "{rng.choice(["Appendix Q", "Acknowledgements of Funding", "Glossary of Terms", "Errata"])}"'
+            if label[9:-1] in f.titles:
+                continue
+            q = f"On which page does the {label} begin?"
+        out.append(QA(q, NOT_ANSWERABLE, "None", [], "extract-single", "unanswerable", label))
+    return out
