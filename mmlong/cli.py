@@ -4,6 +4,8 @@
     mmlong inspect DIR [--json] [--html OUT]
     mmlong render PATH... --out DIR [--preset NAME] [--ocr ENGINE]
     mmlong render-search TEXT... --out DIR [--floor 0.9] [--budget 40] [--seed 0]
+    mmlong synth DATASET --out DIR [--writer template|llm]
+    mmlong mix SAMPLES... --recipe NAME --out DIR
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
 """
@@ -100,6 +102,43 @@ def cmd_render_search(args: argparse.Namespace) -> int:
     return 0 if best.feasible else 1
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mmlong.train.qa import TemplateWriter
+    from mmlong.train.samples import synth
+
+    if args.writer == "llm":
+        from mmlong.train.llm import LlmWriter
+
+        writer = LlmWriter(base_url=args.llm_base_url, model=args.llm_model, api_key_env=args.llm_key_env,
+                           cache_dir=Path(args.out) / "llm-cache", unanswerable_rate=args.unanswerable)
+    else:
+        writer = TemplateWriter(per_kind=args.per_kind, unanswerable_rate=args.unanswerable, ocr_baselines=args.ocr_baselines)
+    summary = synth(args.dataset, args.out, writer, args.segments, args.seed, args.min_pages, args.max_pages)
+    print(json.dumps(summary, indent=2))
+    print(f"samples: {Path(args.out).resolve() / 'samples.parquet'}")
+    return 0 if summary["samples"] else 1
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from mmlong.presets import load_preset
+    from mmlong.train.mixture import MixtureSpec, run_mix
+    from mmlong.train.samples import read_samples
+
+    data = load_preset("train", args.recipe)
+    data.update({k: v for k, v in {"samples": args.samples, "seed": args.seed, "max_length": args.max_length}.items() if v is not None})
+    spec = MixtureSpec.from_dict(data)
+    pool = []
+    for p in args.samples_from:
+        path = Path(p) / "samples.parquet" if Path(p).is_dir() else Path(p)
+        pool += read_samples(path)
+    report = run_mix(pool, spec, args.out)
+    print(json.dumps({"drawn": report.drawn, "tasks": report.tasks_realised, "bins": {b["bin"]: b["realised"] for b in report.bins},
+                      "trimmed": report.trimmed, "dropped_too_long": report.dropped_too_long, "shortfall": report.shortfall,
+                      "packing": report.packing}, indent=2))
+    print(f"mixture: {Path(args.out).resolve()} (mix.parquet, packs.parquet, report.json, lengths.png)")
+    return 0 if report.drawn else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-chars", type=int, default=4000, help="characters of text rendered per evaluation")
     p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr"], default="auto")
     p.set_defaults(func=cmd_render_search)
+
+    p = sub.add_parser("synth", help="write long-document QA samples from an ingested dataset")
+    p.add_argument("dataset", help="an mmlong dataset (from mmlong ingest)")
+    p.add_argument("--out", required=True, help="folder for samples.parquet and synth.json")
+    p.add_argument("--writer", choices=["template", "llm"], default="template")
+    p.add_argument("--segments", type=int, default=1, help="segments sampled per document")
+    p.add_argument("--min-pages", type=int, default=8)
+    p.add_argument("--max-pages", type=int, default=15)
+    p.add_argument("--per-kind", type=int, default=2, help="template writer: questions per kind and segment")
+    p.add_argument("--unanswerable", type=float, default=0.1, help="share of unanswerable questions")
+    p.add_argument("--ocr-baselines", action="store_true", help="template writer: also OCR-full / OCR-needle tasks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    p.add_argument("--llm-model", default=None)
+    p.add_argument("--llm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("mix", help="draw a length-balanced task mixture from samples and pack it")
+    p.add_argument("samples_from", nargs="+", metavar="SAMPLES", help="samples.parquet files or synth output folders")
+    p.add_argument("--recipe", default="mmprolong-128k", help="mixture recipe (train/*.yaml) or a YAML path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--samples", type=int, help="override the recipe's sample count")
+    p.add_argument("--max-length", type=int, help="override the recipe's max length")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_mix)
     return parser
 
 
