@@ -149,7 +149,7 @@ def synth(
     tok = tk.load_tokenizer()
     samples: list[Sample] = []
     seen: set[str] = set()
-    for doc in iter_documents(Path(dataset), images=False):
+    for doc in iter_documents(Path(dataset), images=getattr(writer, "needs_images", False)):
         rng = _rng(seed, doc.doc_id)
         for _ in range(segments):
             segment = sample_segment(doc, rng, min_pages, max_pages)
