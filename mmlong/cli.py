@@ -6,6 +6,7 @@
     mmlong render-search TEXT... --out DIR [--floor 0.9] [--budget 40] [--seed 0]
     mmlong synth DATASET --out DIR [--writer template|llm]
     mmlong mix SAMPLES... --recipe NAME --out DIR
+    mmlong needles DATASET --out DIR [--lengths ...] [--depths ...] [--variants ...] [--modality text|image|video]
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
 """
@@ -139,6 +140,16 @@ def cmd_mix(args: argparse.Namespace) -> int:
     return 0 if report.drawn else 1
 
 
+def cmd_needles(args: argparse.Namespace) -> int:
+    from mmlong.needles import needle_dataset
+
+    summary = needle_dataset(args.dataset, args.out, args.lengths, [d / 100 for d in args.depths], args.variants,
+                             args.modality, args.count, args.seed)
+    print(json.dumps(summary, indent=2))
+    print(f"samples: {Path(args.out).resolve() / 'samples.parquet'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,6 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="override the recipe's max length")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_mix)
+
+    p = sub.add_parser("needles", help="needle-in-a-haystack samples over lengths, depths and variants")
+    p.add_argument("dataset", help="an mmlong dataset whose documents make the haystacks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768, 65536, 131072])
+    p.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100], help="percent")
+    p.add_argument("--variants", nargs="+", default=["single"],
+                   choices=["single", "multi-key", "multi-value", "multi-query", "count", "sum"])
+    p.add_argument("--modality", choices=["text", "image", "video"], default="text")
+    p.add_argument("--count", type=int, default=4, help="needles of the multi, count and sum variants")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_needles)
     return parser
 
 

@@ -42,7 +42,19 @@ def image_ref(doc_id: str, seq: int) -> str:
     return f"{REF_SCHEME}{doc_id}/{seq}"
 
 
-def _payload(image: bytes | None, fmt: str, image_as: str, ref: str):
+def item_ref(doc: Document, seq: int) -> str | None:
+    """Where image item `seq` lives: its own `meta["ref"]` (items gathered from other
+    documents), None for generated images that live nowhere (needles: sent inline), else
+    the document's own item."""
+    meta = doc.items[seq].meta or {}
+    if "ref" in meta:
+        return meta["ref"]
+    if meta.get("generated"):
+        return None
+    return image_ref(doc.doc_id, seq)
+
+
+def _payload(image: bytes | None, fmt: str, image_as: str, ref: str | None):
     if image_as == "ref":
         return ref
     if image is None:
@@ -84,11 +96,12 @@ def to_messages(
             continue
         if item.is_image:
             flush()
-            ref = image_ref(doc.doc_id, seq)
+            ref = item_ref(doc, seq)
+            how = "data-uri" if image_as == "ref" and ref is None else image_as
             content.append(
                 {
                     "type": "image",
-                    "image": _payload(item.image, item.image_format or "jpeg", image_as, ref),
+                    "image": _payload(item.image, item.image_format or "jpeg", how, ref),
                     "min_pixels": min_pixels,
                     "max_pixels": max_pixels,
                 }

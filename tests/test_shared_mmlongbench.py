@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 
 import pymupdf
 import pytest
@@ -58,3 +59,36 @@ def test_interleaved_and_evidence_messages(tmp_path, samples, hf_processor, qwen
     images, _ = qwen_vl_utils.process_vision_info(messages)
     ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
     assert conversation_tokens(messages) == len(ids)
+
+
+def test_synth_on_real_pdfs_has_valid_anchors_and_evidence(tmp_path):
+    from mmlong.train.qa import NOT_ANSWERABLE, TemplateWriter
+    from mmlong.train.samples import read_samples, synth
+
+    names = ["2312.10997v5.pdf", "watch_d.pdf", "san-francisco-11-contents.pdf", "05-03-18-political-release.pdf"]
+    report = ingest([str(SHARED_DOC / "documents" / n) for n in names], tmp_path / "ds", preset="pdf-text", progress=False)
+    assert report.ok
+    synth(tmp_path / "ds", tmp_path / "s", TemplateWriter(per_kind=3), segments=2, seed=0)
+    samples = read_samples(tmp_path / "s" / "samples.parquet")
+    assert {s.source.rsplit("/", 1)[-1] for s in samples} == set(names)
+    checked = 0
+    for s in samples:
+        pdf = pymupdf.open(s.source)
+        first, last = s.segment
+        assert 1 <= first <= last <= pdf.page_count
+        assert all(part in s.question for part in re.findall(r'"([^"]+)"', s.anchor) or [s.anchor]), (s.anchor, s.question)
+        answer = json.loads(s.answer)
+        if answer == NOT_ANSWERABLE:
+            assert s.evidence_pages == []
+            continue
+        assert s.evidence_pages and all(first <= p <= last for p in s.evidence_pages)
+        page_text = lambda p: " ".join(pdf[p - 1].get_text().split())  # noqa: E731
+        if s.kind == "section-start":
+            assert [p for _, t, p in pdf.get_toc() if t.strip() == s.anchor.split('"')[1]] == [answer]
+        elif s.kind == "sentence-page":
+            assert s.anchor in page_text(answer)
+            checked += 1
+        elif s.kind in ("caption-text", "sentence-complete"):
+            assert " ".join(str(answer).split()) in page_text(s.evidence_pages[0])
+            checked += 1
+    assert checked >= 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pymupdf
 import pytest
@@ -110,6 +111,7 @@ def test_template_answers_are_verified_against_the_source(doc):
         assert qas
         for qa in qas:
             check_answer(qa, doc)
+            assert all(part in qa.question for part in re.findall(r'"([^"]+)"', qa.anchor) or [qa.anchor])
             assert all(seg.start < p <= seg.stop for p in qa.evidence_pages)  # written from the segment only
             kinds.add(qa.kind)
             tasks.add(qa.task)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mmlong.schema import TEXT, Document
 
-TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle")
+TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle", "needle")
 FORMATS = ("Int", "Float", "Str", "List", "None")
 NOT_ANSWERABLE = "Not answerable"
 _CAPTION = re.compile(r"^\s*((?:Figure|Fig\.|Table)\s+(\d+))\s*[:.]\s*(.+)", re.S)
@@ -41,7 +41,8 @@ class QA:
     kind: str
     """The generator that wrote it (section-start, caption-text, ...)."""
     anchor: str = ""
-    """What makes the question unambiguous in the whole document."""
+    """What makes the question unambiguous in the whole document: words of the question (each
+    quoted part of it appears in the question)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS or self.answer_format not in FORMATS:
@@ -229,7 +230,7 @@ def _sentence_pages(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
             continue
         (p1, s1), (p2, s2) = sorted([(p1, s1), (p2, s2)])
         out.append(QA(f'On which pages do these two sentences appear, in order: "{s1}" and "{s2}"?', [p1 + 1, p2 + 1],
-                      "List", [p1 + 1, p2 + 1], "extract-multi", "sentence-pages", "two quoted sentences"))
+                      "List", [p1 + 1, p2 + 1], "extract-multi", "sentence-pages", f'"{s1}" and "{s2}"'))
     return out
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmlong import tokens as tk
-from mmlong.messages import conversation_tokens, image_ref, to_messages
+from mmlong.messages import conversation_tokens, item_ref, to_messages
 from mmlong.schema import Document
 from mmlong.store import atomic_write_text, iter_documents
 from mmlong.train.qa import QA, Segment, TemplateWriter, Writer, sample_segment
@@ -44,6 +44,7 @@ SAMPLES_SCHEMA = pa.schema(
         ("total_tokens", pa.int64()),
         ("answer_start", pa.int64()),
         ("answer_end", pa.int64()),
+        ("extra", pa.string()),
     ]
 )
 
@@ -69,16 +70,20 @@ class Sample:
     total_tokens: int
     answer_start: int
     answer_end: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Task-specific facts (needle offsets and depths, ...)."""
 
     def row(self) -> dict[str, Any]:
         row = dict(self.__dict__)
         row["messages"] = json.dumps(self.messages, ensure_ascii=False)
+        row["extra"] = json.dumps(self.extra, ensure_ascii=False)
         return row
 
 
 def image_tokens(doc: Document) -> dict[str, int]:
-    """Stored token counts of the document's images, keyed by their references."""
-    return {image_ref(doc.doc_id, seq): it.tokens for seq, it in enumerate(doc.items) if it.is_image}
+    """Stored token counts of the document's referenced images, keyed by their references."""
+    refs = {seq: item_ref(doc, seq) for seq, it in enumerate(doc.items) if it.is_image}
+    return {ref: doc.items[seq].tokens for seq, ref in refs.items() if ref is not None}
 
 
 def build_sample(doc: Document, qa: QA, dataset: str, writer: str, segment: Segment, tokenizer=None) -> Sample:
@@ -126,7 +131,7 @@ def write_samples(samples: list[Sample], path: Path) -> Path:
 def read_samples(path: str | Path) -> list[Sample]:
     """Samples from a Parquet file or a folder of them."""
     rows = pq.read_table(path).to_pylist()
-    return [Sample(**{**r, "messages": json.loads(r["messages"])}) for r in rows]
+    return [Sample(**{**r, "messages": json.loads(r["messages"]), "extra": json.loads(r.get("extra") or "{}")}) for r in rows]
 
 
 def _rng(seed: int, doc_id: str) -> random.Random:

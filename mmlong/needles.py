@@ -1,0 +1,273 @@
+"""Needles in long interleaved haystacks, for training and evaluation.
+
+A haystack is the item sequence of one or more documents (PDF pages, webpages, video frames)
+cut at a target token length, never inside an item. Needles go in at a depth (0 = start,
+1 = end) as whole items:
+
+- text (RULER): "One of the special magic numbers for {key} is: {value}." with the variants
+  single, multi-key (distractor keys), multi-value (one key, several values), multi-query
+  (several keys asked), count (how many) and sum (reasoning over two values);
+- image: a generated card showing the value (or, for count, a red star);
+- video (V-NIAH): a generated frame with the value, the size of its neighbours, with a
+  timestamp between theirs.
+
+Each needle's exact token offset in the model input is measured after the sample is built.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from mmlong import tokens as tk
+from mmlong.messages import image_ref
+from mmlong.schema import FIGURE, TEXT, VIDEO_FRAME, Document, Item
+from mmlong.train.qa import QA
+
+VARIANTS = ("single", "multi-key", "multi-value", "multi-query", "count", "sum")
+MODALITIES = ("text", "image", "video")
+ADJECTIVES = ["amber", "brisk", "calm", "dusty", "eager", "frosty", "gentle", "hollow", "ivory", "jolly", "keen",
+              "lunar", "misty", "noble", "olive", "proud", "quiet", "rusty", "silent", "tidy", "urban", "vivid"]
+NOUNS = ["anchor", "badger", "canyon", "dynamo", "ember", "falcon", "glacier", "harbor", "island", "jungle", "kettle",
+         "lantern", "meadow", "nebula", "orchard", "pebble", "quarry", "river", "summit", "tundra", "violin", "willow"]
+RULER = "One of the special magic numbers for {key} is: {value}."
+
+
+@dataclass
+class NeedleSpec:
+    """One needle task."""
+
+    variant: str = "single"
+    modality: str = "text"
+    depth: float = 0.5
+    """Where the (first) needle goes, 0..1; further needles spread evenly after it."""
+    target_tokens: int = 32768
+    """Length of the haystack's items, in tokens."""
+    count: int = 4
+    """Needles (keys, values or hidden items) for the multi, count and sum variants."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS or self.modality not in MODALITIES:
+            raise ValueError(f"variant must be one of {VARIANTS} and modality one of {MODALITIES}")
+        if not 0 <= self.depth <= 1 or self.count < 1 or self.target_tokens < 64:
+            raise ValueError(f"need depth in [0, 1], count >= 1 and target_tokens >= 64: {self}")
+        if self.modality != "text" and self.variant not in ("single", "count"):
+            raise ValueError(f"{self.modality} needles support the single and count variants, not {self.variant}")
+
+
+def haystack(docs: Iterable[Document], target_tokens: int) -> list[Item]:
+    """Items of `docs` in order, as many whole items as fit in `target_tokens`; image items
+    keep a reference to where they live."""
+    out: list[Item] = []
+    total = 0
+    for doc in docs:
+        for seq, item in enumerate(doc.items):
+            if total + item.tokens > target_tokens:
+                return out
+            meta = dict(item.meta or {})
+            if item.is_image:
+                meta["ref"] = image_ref(doc.doc_id, seq)
+            out.append(replace(item, meta=meta))
+            total += item.tokens
+    return out
+
+
+def _key(rng: random.Random, used: set[str]) -> str:
+    while (key := f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}") in used:
+        pass
+    used.add(key)
+    return key
+
+
+def _card(text: str, size: tuple[int, int], star: bool = False) -> bytes:
+    from PIL import Image, ImageDraw, ImageFont
+
+    from mmlong.render.glyph import FONT_DIR
+
+    w, h = size
+    img = Image.new("RGB", (w, h), (250, 246, 230))
+    draw = ImageDraw.Draw(img)
+    if star:
+        cx, cy, r = w / 2, h / 2, min(w, h) / 3
+        import math
+
+        points = [(cx + (r if i % 2 == 0 else r / 2.5) * math.sin(i * math.pi / 5),
+                   cy - (r if i % 2 == 0 else r / 2.5) * math.cos(i * math.pi / 5)) for i in range(10)]
+        draw.polygon(points, fill=(220, 30, 30))
+    else:
+        font = ImageFont.truetype(str(FONT_DIR / "DejaVuSans-Bold.ttf"), max(12, h // 8))
+        draw.multiline_text((w / 2, h / 2), text, fill=(20, 20, 20), font=font, anchor="mm", align="center")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _image_needle(kind: str, text: str, size: tuple[int, int], budget: tuple[int, int], star: bool, **where) -> Item:
+    w, h = size
+    return Item(kind, image=_card(text, size, star), image_format="png", width=w, height=h,
+                tokens=tk.image_tokens(h, w, *budget), meta={"generated": True, "needle": text or "star"}, **where)
+
+
+def _positions(items: list[Item], depths: list[float]) -> list[int]:
+    """Item boundaries whose token offsets are nearest each depth."""
+    offsets = [0]
+    for it in items:
+        offsets.append(offsets[-1] + it.tokens)
+    total = offsets[-1]
+    return [min(range(len(offsets)), key=lambda i: abs(offsets[i] - d * total)) for d in depths]
+
+
+def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
+                   budget: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS)) -> tuple[list[Item], QA]:
+    """`items` with the spec's needles inserted, and the question that finds them."""
+    n = 1 if spec.variant == "single" else spec.count
+    if spec.variant == "sum":
+        n = 2
+    depths = [spec.depth] + [spec.depth + (1 - spec.depth) * (i + 1) / n for i in range(n - 1)]
+    used: set[str] = set()
+    keys = [_key(rng, used) for _ in range(n)]
+    values = [str(rng.randint(1_000_000, 9_999_999)) for _ in range(n)]
+    if spec.variant in ("multi-value", "count"):
+        keys = [keys[0]] * n
+    question, answer, fmt = _question(spec, keys, values)
+    needles: list[Item] = []
+    frames = [it for it in items if it.kind == VIDEO_FRAME]
+    for i in range(n):
+        if spec.modality == "text":
+            text = RULER.format(key=keys[i], value=values[i])
+            needles.append(Item(TEXT, text=text, tokens=tk.text_tokens(text), meta={"generated": True, "needle": keys[i]}))
+        elif spec.modality == "image":
+            needles.append(_image_needle(FIGURE, values[i], (336, 224), budget, spec.variant == "count"))
+        else:
+            if not frames:
+                raise ValueError("video needles need a haystack of video frames")
+            needles.append(_image_needle(VIDEO_FRAME, values[i], (frames[0].width, frames[0].height), budget,
+                                         spec.variant == "count"))
+    out = list(items)
+    for pos, needle in sorted(zip(_positions(items, depths), needles), key=lambda x: -x[0]):
+        if needle.kind == VIDEO_FRAME:  # between its neighbours in time
+            before = next((it.timestamp for it in reversed(out[:pos]) if it.timestamp is not None), 0.0)
+            after = next((it.timestamp for it in out[pos:] if it.timestamp is not None), before)
+            needle = replace(needle, timestamp=(before + after) / 2)
+        out.insert(pos, needle)
+    return out, QA(question, answer, fmt, [], "needle", f"needle-{spec.modality}-{spec.variant}", keys[0])
+
+
+def _question(spec: NeedleSpec, keys: list[str], values: list[str]) -> tuple[str, object, str]:
+    where = {"text": "the provided text", "image": "the images of the document", "video": "the frames of the video"}[spec.modality]
+    if spec.modality != "text":
+        if spec.variant == "count":
+            thing = "images showing a red star" if spec.modality == "image" else "frames showing a red star"
+            return f"How many {thing} are there in {where}?", len(values), "Int"
+        return f"One of {where} shows a card with a special magic number. What is the number?", int(values[0]), "Int"
+    if spec.variant in ("single", "multi-key"):
+        return f"What is the special magic number for {keys[0]} mentioned in {where}?", int(values[0]), "Int"
+    if spec.variant == "multi-value":
+        return f"What are all the special magic numbers for {keys[0]} mentioned in {where}?", [int(v) for v in values], "List"
+    if spec.variant == "multi-query":
+        asked = ", ".join(keys)
+        return f"What are the special magic numbers for {asked} mentioned in {where}? Answer in that order.", [int(v) for v in values], "List"
+    if spec.variant == "count":
+        return f"How many special magic numbers for {keys[0]} are mentioned in {where}?", len(values), "Int"
+    return (f"What is the sum of the special magic numbers for {keys[0]} and {keys[1]} mentioned in {where}?",
+            int(values[0]) + int(values[1]), "Int")
+
+
+def needle_offsets(sample, doc: Document, tokenizer=None) -> list[int]:
+    """Exact token offsets of the needles in the model input of `sample` (built from `doc`):
+    text needles where their tokens start, image needles at their <|vision_start|>."""
+    from mmlong.messages import element_tokens, render_chat
+    from mmlong.train.samples import image_tokens
+
+    tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
+    ids = tok.encode(render_chat(sample.messages), add_special_tokens=False).ids
+    pad, start = tok.token_to_id("<|image_pad|>"), tok.token_to_id("<|vision_start|>")
+    counts = image_tokens(doc)
+    elements = [e for m in sample.messages if not isinstance(m["content"], str) for e in m["content"] if e["type"] == "image"]
+    sizes = [counts[e["image"]] if e["image"] in counts else element_tokens(e) for e in elements]
+    expanded, k = [], 0  # the token ids with every image pad expanded
+    for t in ids:
+        if t == pad:
+            expanded += [pad] * sizes[k]
+            k += 1
+        else:
+            expanded.append(t)
+    image_starts = [i for i, t in enumerate(expanded) if t == start]
+    offsets = []
+    images_seen = 0
+    for item in doc.items:
+        if item.is_image:
+            images_seen += 1
+        if not (item.meta or {}).get("generated"):
+            continue
+        if item.is_image:
+            offsets.append(image_starts[images_seen - 1])
+        else:
+            # without the final ".", which the tokenizer may merge with the newline that follows
+            needle = tok.encode(item.text.rstrip("."), add_special_tokens=False).ids
+            offsets.append(next(i for i in range(len(expanded)) if expanded[i : i + len(needle)] == needle))
+    return offsets
+
+
+def build_needle_sample(items: list[Item], spec: NeedleSpec, rng: random.Random, dataset: str,
+                        budget: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS), tokenizer=None):
+    """A training/evaluation sample: the haystack with its needles, the question, the answer."""
+    from mmlong.train.qa import Segment
+    from mmlong.train.samples import build_sample
+
+    hay, qa = insert_needles(items, spec, rng, budget)
+    doc = Document(f"needle-{rng.getrandbits(48):012x}", dataset, "needle", "", options={"tokens": {
+        "min_pixels": budget[0], "max_pixels": budget[1]}}, items=hay)
+    sample = build_sample(doc, qa, dataset, "needles", Segment(0, 0), tokenizer)
+    offsets = needle_offsets(sample, doc, tokenizer)
+    sample.extra = {"variant": spec.variant, "modality": spec.modality, "depth": spec.depth,
+                    "target_tokens": spec.target_tokens, "haystack_tokens": sum(it.tokens for it in items),
+                    "needle_offsets": offsets, "needle_depths": [round(o / sample.total_tokens, 4) for o in offsets]}
+    return sample, doc
+
+
+RESERVE = 256
+"""Tokens kept free of haystack for the chat template, question and answer."""
+
+
+def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[float], variants: list[str],
+                   modality: str = "text", count: int = 4, seed: int = 0) -> dict:
+    """Needle samples for every (length, depth, variant) over the documents of `dataset`
+    (cycled when shorter than the length), written to out/samples.parquet."""
+    import itertools
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    from mmlong.store import atomic_write_text, iter_documents
+    from mmlong.train.samples import write_samples
+
+    dataset = str(Path(dataset).resolve())
+    docs = list(iter_documents(Path(dataset), images=False))
+    if not docs or not any(d.items for d in docs):
+        raise ValueError(f"{dataset}: no documents with items to build haystacks from")
+    bounds = docs[0].options.get("tokens", {})
+    budget = (bounds.get("min_pixels", tk.IMAGE_MIN_PIXELS), bounds.get("max_pixels", tk.IMAGE_MAX_PIXELS))
+    if modality == "video":
+        docs = [d for d in docs if any(it.kind == VIDEO_FRAME for it in d.items)]
+        if not docs:
+            raise ValueError(f"{dataset}: video needles need documents of video frames")
+    rng = random.Random(seed)
+    tok = tk.load_tokenizer()
+    samples = []
+    for length, depth, variant in itertools.product(lengths, depths, variants):
+        spec = NeedleSpec(variant, modality, depth, length, count)
+        needle_cost = spec.count * (96 if modality != "text" else 24)
+        start = rng.randrange(len(docs))
+        cycle = itertools.islice(itertools.cycle(docs[start:] + docs[:start]), 10_000)
+        items = haystack(cycle, length - RESERVE - needle_cost)
+        sample, _ = build_needle_sample(items, spec, rng, dataset, budget, tok)
+        samples.append(sample)
+    write_samples(samples, Path(out) / "samples.parquet")
+    summary = {"dataset": dataset, "samples": len(samples), "modality": modality,
+               "kinds": dict(Counter(s.kind for s in samples)),
+               "tokens": {"min": min(s.total_tokens for s in samples), "max": max(s.total_tokens for s in samples)}}
+    atomic_write_text(Path(out) / "needles.json", json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,128 @@
+"""Needles: positions and lengths exact, every variant answerable from what was inserted."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from mmlong import store
+from mmlong import tokens as tk
+from mmlong.cli import main
+from mmlong.messages import resolve_images
+from mmlong.needles import NeedleSpec, build_needle_sample, haystack, insert_needles, needle_dataset
+from mmlong.schema import FIGURE, TEXT, VIDEO_FRAME, Document, Item
+from mmlong.train.samples import read_samples
+from tests.conftest import png_bytes
+from tests.test_synth import dataset  # noqa: F401  (module fixture: a 12-page report, pdf-budget preset)
+
+
+def docs(root):
+    return list(store.iter_documents(root, images=False))
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_text_needle_is_exact(dataset, depth, hf_processor, qwen_vl_utils):  # noqa: F811
+    items = haystack(docs(dataset), 8192 - 300)
+    assert sum(it.tokens for it in items) <= 8192 - 300
+    spec = NeedleSpec("single", "text", depth, 8192)
+    sample, doc = build_needle_sample(items, spec, random.Random(1), str(dataset), (3136, 1003520))
+    assert sample.total_tokens <= 8192 and sample.task == "needle" and sample.kind == "needle-text-single"
+    (offset,) = sample.extra["needle_offsets"]
+    # the processor's real input: same length, and the needle's tokens where the offset says
+    messages = resolve_images(sample.messages, dataset)
+    images, _ = qwen_vl_utils.process_vision_info(messages)
+    proc = hf_processor(3136, 1003520)
+    ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
+    assert len(ids) == sample.total_tokens
+    needle = next(it.text for it in doc.items if (it.meta or {}).get("generated"))
+    assert tk.load_tokenizer().decode(ids[offset : offset + 40].tolist()).startswith(needle)
+    # depth: within one item of the request (items are never cut)
+    largest = max(it.tokens for it in items)
+    assert abs(offset / sample.total_tokens - depth) <= (largest + 120) / sample.total_tokens
+    assert str(sample.answer) in needle
+
+
+def test_text_variants(dataset):  # noqa: F811
+    items = haystack(docs(dataset), 6000)
+    rng = random.Random(0)
+    for variant in ["multi-key", "multi-value", "multi-query", "count", "sum"]:
+        out, qa = insert_needles(items, NeedleSpec(variant, "text", 0.2, 8192, count=3), rng)
+        needles = [it.text for it in out if (it.meta or {}).get("generated")]
+        pairs = [(t.split(" for ")[1].split(" is: ")[0], int(t.rsplit(" ", 1)[1].rstrip("."))) for t in needles]
+        keys = [k for k, _ in pairs]
+        assert len(out) == len(items) + len(needles)
+        if variant == "multi-key":
+            assert len(set(keys)) == 3 and qa.answer == pairs[0][1] and keys[0] in qa.question
+        elif variant == "multi-value":
+            assert len(set(keys)) == 1 and qa.answer == [v for _, v in pairs] and qa.answer_format == "List"
+        elif variant == "multi-query":
+            assert all(k in qa.question for k in keys) and qa.answer == [v for _, v in pairs]
+        elif variant == "count":
+            assert len(set(keys)) == 1 and qa.answer == 3 and "How many" in qa.question
+        else:
+            assert len(needles) == 2 and qa.answer == pairs[0][1] + pairs[1][1] and "sum" in qa.question
+
+
+def test_image_needles(dataset):  # noqa: F811
+    items = haystack(docs(dataset), 7000)
+    out, qa = insert_needles(items, NeedleSpec("single", "image", 0.5, 8192), random.Random(2), (3136, 1003520))
+    (needle,) = [it for it in out if (it.meta or {}).get("generated")]
+    assert needle.kind == FIGURE and Image.open(io.BytesIO(needle.image)).size == (336, 224)
+    assert needle.tokens == tk.image_tokens(224, 336, 3136, 1003520) and qa.answer == int(needle.meta["needle"])
+    out, qa = insert_needles(items, NeedleSpec("count", "image", 0.1, 8192, count=3), random.Random(2))
+    stars = [it for it in out if (it.meta or {}).get("generated")]
+    red = Image.open(io.BytesIO(stars[0].image)).convert("RGB").getpixel((168, 112))
+    assert len(stars) == 3 and qa.answer == 3 and red[0] > 200 and red[1] < 60
+
+
+def _video_dataset(root):
+    w = store.DatasetWriter(root, {"video": {"fps": 1}})
+    frames = [Item(VIDEO_FRAME, image=png_bytes(336, 196, (i * 9 % 256, 80, 80)), image_format="png", width=336, height=196,
+                   timestamp=float(i), tokens=tk.image_tokens(196, 336)) for i in range(40)]
+    sink = w.open("video0000", "/data/clip.mp4")
+    sink.write(frames)
+    w.commit(sink, Document("video0000", "/data/clip.mp4", "video", "0" * 64))
+    w.close()
+    return root
+
+
+def test_video_needle_frame(tmp_path):
+    root = _video_dataset(tmp_path / "video")
+    items = haystack(docs(root), 2000)
+    out, qa = insert_needles(items, NeedleSpec("single", "video", 0.5, 2400), random.Random(0))
+    pos = next(i for i, it in enumerate(out) if (it.meta or {}).get("generated"))
+    needle = out[pos]
+    assert (needle.kind, needle.width, needle.height) == (VIDEO_FRAME, 336, 196)
+    assert out[pos - 1].timestamp < needle.timestamp < out[pos + 1].timestamp
+    assert abs(pos / len(out) - 0.5) < 0.1 and isinstance(qa.answer, int)
+    with pytest.raises(ValueError, match="video frames"):
+        insert_needles([Item(TEXT, text="x", tokens=1)], NeedleSpec("single", "video"), random.Random(0))
+
+
+def test_webpage_haystack(tmp_path):
+    """Ingested HTML sequences (text and figures) take needles like any document."""
+    w = store.DatasetWriter(tmp_path / "web", {"html": {}})
+    items = [Item(TEXT, text=f"Paragraph {i} of the saved page about harbours and ships.", tokens=12) for i in range(30)]
+    items.insert(10, Item(FIGURE, image=png_bytes(56, 56), image_format="png", width=56, height=56, tokens=4))
+    sink = w.open("page0001", "/site/index.html")
+    sink.write(items)
+    w.commit(sink, Document("page0001", "/site/index.html", "html", "1" * 64))
+    w.close()
+    summary = needle_dataset(str(tmp_path / "web"), str(tmp_path / "n"), [600], [0.5], ["single", "multi-key"], count=2)
+    samples = read_samples(tmp_path / "n" / "samples.parquet")
+    assert summary["samples"] == 2 and all(s.total_tokens <= 600 for s in samples)
+    assert any(c["type"] == "image" and c["image"] == "mmlong://page0001/10" for c in samples[0].messages[0]["content"])
+
+
+def test_needles_command_grid(dataset, tmp_path, capsys):  # noqa: F811
+    code = main(["needles", str(dataset), "--out", str(tmp_path / "n"), "--lengths", "4096", "8192", "--depths", "0", "50",
+                 "100", "--variants", "single", "multi-query", "--count", "2"])
+    assert code == 0 and '"samples": 12' in capsys.readouterr().out
+    samples = read_samples(tmp_path / "n" / "samples.parquet")
+    for s in samples:
+        assert s.total_tokens <= s.extra["target_tokens"]
+        assert len(s.extra["needle_offsets"]) == (1 if s.extra["variant"] == "single" else 2)
+        assert 0 < s.answer_start < s.answer_end == s.total_tokens - 1
