@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from mmlong import tokens as tk
 from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_table
+from mmlong.ingest.video import VIDEO_SUFFIXES, Segmenter, VideoOptions, check_video, frames_table
 from mmlong.presets import load_preset
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
@@ -46,6 +47,7 @@ class IngestOptions:
     """Everything that decides the content of a dataset (stored in its manifest)."""
 
     pdf: PdfOptions = field(default_factory=PdfOptions)
+    video: VideoOptions = field(default_factory=VideoOptions)
     tokens: TokenBudget = field(default_factory=TokenBudget)
 
     @classmethod
@@ -53,7 +55,8 @@ class IngestOptions:
         unknown = set(data) - {f.name for f in fields(cls)} - {"description"}
         if unknown:
             raise ValueError(f"unknown ingest option section(s): {sorted(unknown)}")
-        return cls(pdf=_build(PdfOptions, data.get("pdf") or {}), tokens=_build(TokenBudget, data.get("tokens") or {}))
+        return cls(pdf=_build(PdfOptions, data.get("pdf") or {}), video=_build(VideoOptions, data.get("video") or {}),
+                   tokens=_build(TokenBudget, data.get("tokens") or {}))
 
     @classmethod
     def from_preset(cls, preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> IngestOptions:
@@ -80,6 +83,7 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     pages: int = 0
+    frames: int = 0
     seconds: float = 0.0
 
     @property
@@ -88,14 +92,14 @@ class IngestReport:
 
 
 def expand_inputs(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
-    """Files named by `paths` (files; folders, searched recursively for *.pdf; globs), in order
-    and without repeats, and the inputs that named nothing."""
+    """Files named by `paths` (files; folders, searched recursively for PDFs and videos; globs),
+    in order and without repeats, and the inputs that named nothing."""
     found: list[Path] = []
     missing: dict[str, str] = {}
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() == ".pdf")
+            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in {".pdf"} | VIDEO_SUFFIXES)
         elif path.exists():
             found.append(path)
         elif glob.has_magic(p):
@@ -122,14 +126,22 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def kind_of(path: Path) -> str:
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "pdf"
+
+
 @dataclass
 class _Doc:
     path: Path
     doc_id: str
     sha: str
+    kind: str
     meta: dict[str, Any]
+    units: int
+    """Pages of a PDF, planned frames of a video."""
     chunks: int
     sink: DocSink
+    segmenter: Segmenter | None = None
     next_chunk: int = 0
     pending: dict[int, pa.Table] = field(default_factory=dict)
     failed: bool = False
@@ -167,7 +179,7 @@ class _Progress:
                 TextColumn("[bold]ingest"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("pages  {task.fields[rate]:.1f} pages/s  docs {task.fields[docs]}/{task.fields[files]}  failed {task.fields[failed]}"),
+                TextColumn("pages+frames  {task.fields[rate]:.1f}/s  docs {task.fields[docs]}/{task.fields[files]}  failed {task.fields[failed]}"),
                 TimeElapsedColumn(),
                 console=self.console,
             )
@@ -195,6 +207,7 @@ def ingest(
     workers: int = 0,
     chunk_pages: int = 8,
     progress: bool = True,
+    chunk_frames: int = 32,
 ) -> IngestReport:
     """Ingest the files, folders and globs in `paths` into the dataset at `out` (created, or
     resumed: documents already there are skipped). `options` overrides the preset. Bad inputs
@@ -234,16 +247,24 @@ def ingest(
                 if seen != source:
                     show.print(f"skipped {source}: same content as {seen}")
                 return True
-            meta = check_pdf(path)
+            kind = kind_of(path)
+            meta = check_pdf(path) if kind == "pdf" else check_video(path, opts.video)
         except (IngestError, OSError) as e:
             report.failed[source] = str(e)
             writer.fail(source, str(e))
             show.print(f"skipped {source}: {e}")
             return True
-        if meta["repaired"]:
+        if meta.get("repaired"):
             show.print(f"warning {source}: damaged PDF repaired by MuPDF; some pages may be incomplete")
-        n = meta["page_count"]
-        doc = _Doc(path, doc_id, sha, meta, chunks=-(-n // chunk_pages), sink=writer.open(doc_id, source))
+        if meta.get("subtitle_error"):  # the video goes in without them; the subtitle file is reported
+            report.failed[meta["subtitles"]] = meta["subtitle_error"]
+            writer.fail(meta["subtitles"], meta["subtitle_error"])
+            show.print(f"skipped {meta['subtitles']}: {meta['subtitle_error']}")
+        n = meta["page_count"] if kind == "pdf" else len(meta["indices"])
+        size = chunk_pages if kind == "pdf" else chunk_frames
+        v = opts.video
+        doc = _Doc(path, doc_id, sha, kind, meta, n, chunks=-(-n // size), sink=writer.open(doc_id, source),
+                   segmenter=Segmenter(v.scene_threshold, v.min_segment, v.max_segment) if kind == "video" else None)
         in_progress[doc_id] = source
         for c in range(doc.chunks):
             queue.append((doc, c))
@@ -251,9 +272,11 @@ def ingest(
         return True
 
     def finish(doc: _Doc) -> None:
-        meta = dict(doc.meta)
-        num_pages = meta.pop("page_count")
-        document = Document(doc.doc_id, str(doc.path), "pdf", doc.sha, num_pages, options=options_dict, metadata=meta)
+        meta = {k: v for k, v in doc.meta.items() if k not in ("cues", "subtitle_error")}
+        num_pages = meta.pop("page_count", 0)
+        if doc.segmenter is not None:
+            meta["segments"] = doc.segmenter.segments
+        document = Document(doc.doc_id, str(doc.path), doc.kind, doc.sha, num_pages, options=options_dict, metadata=meta)
         writer.commit(doc.sink, document)
         report.ingested.append(str(doc.path))
 
@@ -276,9 +299,17 @@ def ingest(
     buffered = 0
     succeeded = 0
 
-    def chunk_args(doc: _Doc, c: int) -> tuple:
-        stop = min((c + 1) * chunk_pages, doc.meta["page_count"])
-        return str(doc.path), doc.doc_id, c * chunk_pages, stop, opts.pdf, budget
+    def chunk_range(doc: _Doc, c: int) -> tuple[int, int]:
+        size = chunk_pages if doc.kind == "pdf" else chunk_frames
+        return c * size, min((c + 1) * size, doc.units)
+
+    def submit(doc: _Doc, c: int) -> Future:
+        start, stop = chunk_range(doc, c)
+        if doc.kind == "pdf":
+            fn, args = pages_table, (str(doc.path), doc.doc_id, start, stop, opts.pdf, budget)
+        else:
+            fn, args = frames_table, (str(doc.path), doc.doc_id, doc.meta, start, stop, opts.video, budget)
+        return pool.submit(fn, *args) if pool else _run_inline(fn, *args)
 
     def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:
         """A worker died (a MuPDF crash or out of memory) and took the pool with it: retry every
@@ -296,8 +327,9 @@ def ingest(
                 continue
             doc.crashes[c] = doc.crashes.get(c, 0) + 1
             if doc.crashes[c] > 1:
-                start, stop = chunk_args(doc, c)[2:4]
-                fail(doc, f"a worker process crashed on pages {start + 1}-{stop} (MuPDF crash or out of memory)")
+                start, stop = chunk_range(doc, c)
+                unit = "pages" if doc.kind == "pdf" else "frames"
+                fail(doc, f"a worker process crashed on {unit} {start + 1}-{stop} (a decoder crash or out of memory)")
             else:
                 queue.appendleft((doc, c))
 
@@ -312,7 +344,7 @@ def ingest(
                 if doc.failed:
                     continue
                 try:
-                    fut = pool.submit(pages_table, *chunk_args(doc, c)) if pool else _run_inline(pages_table, *chunk_args(doc, c))
+                    fut = submit(doc, c)
                 except BrokenProcessPool:  # broke since the last wait: in-flight chunks report it
                     queue.appendleft((doc, c))
                     if not inflight:
@@ -340,8 +372,14 @@ def ingest(
                 while doc.next_chunk in doc.pending:
                     table = doc.pending.pop(doc.next_chunk)
                     buffered -= 1
+                    if doc.segmenter is not None:  # chunks arrive in time order
+                        table = doc.segmenter.label(table)
                     doc.sink.write(table)
-                    report.pages += min(chunk_pages, doc.meta["page_count"] - doc.next_chunk * chunk_pages)
+                    start, stop = chunk_range(doc, doc.next_chunk)
+                    if doc.kind == "pdf":
+                        report.pages += stop - start
+                    else:
+                        report.frames += stop - start
                     doc.next_chunk += 1
                 if doc.next_chunk == doc.chunks:
                     finish(doc)
@@ -349,7 +387,7 @@ def ingest(
                 crashed += list(inflight.values())  # the pool is broken: nothing in flight will finish
                 inflight.clear()
                 restart_after_crash(crashed)
-            show.update(report.pages, total_pages, len(report.ingested), len(report.failed))
+            show.update(report.pages + report.frames, total_pages, len(report.ingested), len(report.failed))
     except BaseException:
         for fut in inflight:
             fut.cancel()

@@ -1,0 +1,193 @@
+"""Video ingest on x264 videos generated here: every frame carries its index as 12 binary
+squares, so the frames mmlong samples can be checked exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmlong import store
+from mmlong import tokens as tk
+from mmlong.cli import main
+from mmlong.ingest import IngestOptions, ingest
+from mmlong.ingest.video import VideoOptions, check_video, plan, probe, read_subtitles
+from mmlong.schema import TEXT, VIDEO_FRAME
+from tests.conftest import ROOT
+
+BITS = 12
+SCENES = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
+
+
+def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_seconds: float | None = None):
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps * 5)}
+        for i in range(int(seconds * fps)):
+            scene = int(i / fps // scene_seconds) if scene_seconds else 0
+            img = np.full((h, w, 3), SCENES[scene % len(SCENES)], np.uint8)
+            side = w // (BITS + 4)
+            for b in range(BITS):
+                x = side // 2 + b * (side + 2)
+                img[side // 2 : side // 2 + side, x : x + side] = 255 if (i >> b) & 1 else 0
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_index(image: bytes) -> int:
+    a = np.asarray(Image.open(io.BytesIO(image)).convert("L")).astype(int)
+    h, w = a.shape
+    side = 320 // (BITS + 4) * w / 320
+    y = int(side)  # the middle of the row of squares
+    return sum(1 << b for b in range(BITS) if a[y, int((320 // (BITS + 4) // 2 + b * (320 // (BITS + 4) + 2)) * w / 320 + side / 2)] > 128)
+
+
+@pytest.fixture(scope="module")
+def minute(tmp_path_factory):
+    d = tmp_path_factory.mktemp("video")
+    return make_video(d / "minute.mp4", 60, scene_seconds=15)
+
+
+def test_probe_and_plan_follow_qwen(minute, qwen_vl_utils):
+    info = probe(minute)
+    assert (info["total_frames"], info["video_fps"], info["width"], info["height"]) == (600, 10.0, 320, 180)
+    p = plan(info, VideoOptions())
+    n = qwen_vl_utils.smart_nframes({"fps": 2.0}, total_frames=600, video_fps=10.0)
+    assert len(p["indices"]) == n == 120
+    assert p["indices"] == np.linspace(0, 599, n).round().astype(int).tolist()
+    # 320x180 is below the per-frame minimum (128 tokens): qwen-vl-utils scales it up
+    assert (p["height"], p["width"]) == tk.video_frame_size(n, 180, 320) == (252, 448)
+    assert p["tokens"] == tk.video_tokens(n, 252, 448) == 60 * 9 * 16
+
+
+@pytest.mark.parametrize("reader", ["pyav", "opencv", "decord"])
+def test_sampled_frames_are_exactly_the_planned_ones(minute, tmp_path, reader):
+    opts = IngestOptions(video=VideoOptions(reader=reader, fps=1.0))
+    report = ingest([str(minute)], tmp_path / "ds", options=opts, workers=1, progress=False, chunk_frames=16)
+    assert report.ok and report.frames == 60
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    frames = [it for it in doc.items if it.kind == VIDEO_FRAME]
+    planned = doc.metadata["indices"]
+    assert len(frames) == 60 and planned == np.linspace(0, 599, 60).round().astype(int).tolist()
+    assert [frame_index(f.image) for f in frames] == planned
+    assert [f.timestamp for f in frames] == [i / 10 for i in planned]
+    assert all((f.width, f.height) == (448, 252) and f.tokens == tk.image_tokens(252, 448) for f in frames)
+    markers = [it for it in doc.items if it.kind == TEXT]
+    assert markers[0].text == "<00:00:00>" and markers[-1].text == "<00:00:59>"
+    assert doc.kind == "video" and doc.vision_tokens == 60 * tk.image_tokens(252, 448)
+
+
+def test_parallel_chunks_give_identical_items(minute, tmp_path):
+    one = ingest([str(minute)], tmp_path / "one", workers=1, progress=False, chunk_frames=16)
+    two = ingest([str(minute)], tmp_path / "two", workers=2, progress=False, chunk_frames=16)
+    assert one.ok and two.ok
+    a, b = next(iter(store.iter_documents(tmp_path / "one"))), next(iter(store.iter_documents(tmp_path / "two")))
+    assert a.items == b.items and a.metadata == b.metadata
+
+
+def test_scene_segments(minute, tmp_path):
+    opts = IngestOptions(video=VideoOptions(fps=1.0, min_segment=5, max_segment=40))
+    ingest([str(minute)], tmp_path / "ds", options=opts, workers=1, progress=False, chunk_frames=7)
+    doc = next(iter(store.iter_documents(tmp_path / "ds", images=False)))
+    segments = doc.metadata["segments"]
+    times = [i / 10 for i in doc.metadata["indices"]]
+    first_after = [min(t for t in times if t >= change) for change in (0, 15, 30, 45)]
+    assert [s["start"] for s in segments] == first_after  # the first sampled frame of each scene
+    for seq, item in enumerate(doc.items):
+        seg = segments[item.meta["segment"]]
+        assert seg["first_seq"] <= seq <= seg["last_seq"]
+        if item.kind == VIDEO_FRAME:
+            assert seg["start"] <= item.timestamp <= seg["end"]
+    assert segments[0]["first_seq"] == 0 and segments[-1]["last_seq"] == len(doc.items) - 1
+    assert all(a["last_seq"] + 1 == b["first_seq"] for a, b in zip(segments, segments[1:]))
+    capped = IngestOptions(video=VideoOptions(fps=1.0, min_segment=5, max_segment=10))
+    ingest([str(minute)], tmp_path / "capped", options=capped, workers=1, progress=False)
+    doc = next(iter(store.iter_documents(tmp_path / "capped", images=False)))
+    assert all(s["end"] - s["start"] < 10 for s in doc.metadata["segments"]) and len(doc.metadata["segments"]) >= 6
+
+
+SRT = """1
+00:00:01,250 --> 00:00:03,500
+Hello from the first second.
+
+2
+00:00:12,345 --> 00:00:14,000
+A line at twelve point three four five.
+
+3
+00:00:12,900 --> 00:00:13,500
+And a second line before the next frame.
+"""
+
+
+def test_subtitles_are_interleaved_by_time_in_milliseconds(minute, tmp_path):
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(minute.read_bytes())
+    (tmp_path / "talk.srt").write_text(SRT)
+    cues = read_subtitles(tmp_path / "talk.srt")
+    assert [c.start for c in cues] == [1.25, 12.345, 12.9]
+    ingest([str(video)], tmp_path / "ds", options=IngestOptions(video=VideoOptions(fps=1.0)), workers=1, progress=False)
+    doc = next(iter(store.iter_documents(tmp_path / "ds", images=False)))
+    subs = [(i, it) for i, it in enumerate(doc.items) if it.kind == TEXT and it.meta.get("subtitle")]
+    assert [it.text for _, it in subs] == ["Hello from the first second.",
+                                           "A line at twelve point three four five.\nAnd a second line before the next frame."]
+    for i, it in subs:
+        frame = doc.items[i - 1]
+        assert frame.kind == VIDEO_FRAME and frame.timestamp <= it.meta["start"] < frame.timestamp + 1.02
+    assert subs[1][1].meta["start"] == 12.345 and doc.metadata["subtitles"].endswith("talk.srt")
+
+
+def test_bad_videos_and_subtitles_are_reported(minute, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.mp4").write_bytes(b"")
+    (bad / "garbage.mp4").write_bytes(b"\x00\x01garbage" * 500)
+    data = minute.read_bytes()
+    (bad / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (bad / "good.mp4").write_bytes(data)
+    (bad / "good.vtt").write_bytes(b"\xff\xfe\x00 not a subtitle file \x00\x81")
+    out = tmp_path / "ds"
+    code = main(["ingest", str(bad), "--out", str(out), "--workers", "1", "--no-progress"])
+    failures = json.loads((out / "failures.json").read_text())
+    assert code == 1
+    assert failures[str(bad / "empty.mp4")] == "empty file (0 bytes)"
+    assert failures[str(bad / "garbage.mp4")].startswith("corrupt video")
+    assert "truncated.mp4" in " ".join(failures) and "good.vtt" in " ".join(failures)
+    assert "malformed subtitles good.vtt" in failures[str(bad / "good.vtt")]
+    docs = list(store.iter_documents(out, images=False))
+    assert [d.source.rsplit("/", 1)[-1] for d in docs] == ["good.mp4"]  # ingested without the bad subtitles
+    assert not any(it.meta.get("subtitle") for it in docs[0].items)
+
+
+PEAK = """
+import resource, sys
+from mmlong.ingest import IngestOptions, ingest
+from mmlong.ingest.video import VideoOptions
+r = ingest([sys.argv[1]], sys.argv[2], options=IngestOptions(video=VideoOptions(fps=2.0)), workers=1, progress=False)
+assert r.ok, r.failed
+print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_memory_does_not_grow_with_video_length(tmp_path):
+    short = make_video(tmp_path / "short.mp4", 60, fps=5, size=(320, 180))
+    long = make_video(tmp_path / "long.mp4", 900, fps=5, size=(320, 180))
+    peaks = {}
+    for name, path in [("short", short), ("long", long)]:
+        done = subprocess.run([sys.executable, "-c", PEAK, str(path), str(tmp_path / name)], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        frames, peaks[name] = map(int, done.stdout.split())
+        assert frames == (120 if name == "short" else 768)
+    assert peaks["long"] < 1.15 * peaks["short"], peaks
