@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmlong import store
@@ -66,7 +67,10 @@ def test_probe_and_plan_follow_qwen(minute, qwen_vl_utils):
     p = plan(info, VideoOptions())
     n = qwen_vl_utils.smart_nframes({"fps": 2.0}, total_frames=600, video_fps=10.0)
     assert len(p["indices"]) == n == 120
-    assert p["indices"] == np.linspace(0, 599, n).round().astype(int).tolist()
+    assert p["indices"] == torch.linspace(0, 599, n).round().long().tolist()
+    # an hour at 10 fps: float32 rounding makes frame 744 index 34920, as qwen-vl-utils picks it
+    hour = plan({"total_frames": 36000, "video_fps": 10.0, "height": 360, "width": 640}, VideoOptions())
+    assert hour["indices"][744] == 34920 and (hour["height"], hour["width"], len(hour["indices"])) == (364, 644, 768)
     # 320x180 is below the per-frame minimum (128 tokens): qwen-vl-utils scales it up
     assert (p["height"], p["width"]) == tk.video_frame_size(n, 180, 320) == (252, 448)
     assert p["tokens"] == tk.video_tokens(n, 252, 448) == 60 * 9 * 16
@@ -80,7 +84,7 @@ def test_sampled_frames_are_exactly_the_planned_ones(minute, tmp_path, reader):
     doc = next(iter(store.iter_documents(tmp_path / "ds")))
     frames = [it for it in doc.items if it.kind == VIDEO_FRAME]
     planned = doc.metadata["indices"]
-    assert len(frames) == 60 and planned == np.linspace(0, 599, 60).round().astype(int).tolist()
+    assert len(frames) == 60 and planned == torch.linspace(0, 599, 60).round().long().tolist()
     assert [frame_index(f.image) for f in frames] == planned
     assert [f.timestamp for f in frames] == [i / 10 for i in planned]
     assert all((f.width, f.height) == (448, 252) and f.tokens == tk.image_tokens(252, 448) for f in frames)

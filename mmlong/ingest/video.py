@@ -104,8 +104,11 @@ def plan(info: dict[str, Any], opts: VideoOptions) -> dict[str, Any]:
     """The frames Qwen2.5-VL samples: indices (linspace, rounded) and the frame size."""
     n = tk.video_frame_count(info["total_frames"], info["video_fps"], opts.fps, opts.min_frames, opts.max_frames)
     h, w = tk.video_frame_size(n, info["height"], info["width"], opts.min_pixels, opts.max_pixels, opts.total_pixels)
-    last = info["total_frames"] - 1
-    indices = [round(i * last / (n - 1)) for i in range(n)] if n > 1 else [0]
+    import torch
+
+    # qwen-vl-utils' own computation: float32 linspace, which rounds a few indices of long
+    # videos differently from exact arithmetic (34920, not 34919, for frame 744 of 768 of an hour)
+    indices = torch.linspace(0, info["total_frames"] - 1, n).round().long().tolist()
     return {"indices": indices, "height": h, "width": w, "tokens": tk.video_tokens(n, h, w)}
 
 
