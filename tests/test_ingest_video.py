@@ -17,7 +17,7 @@ from mmlong import store
 from mmlong import tokens as tk
 from mmlong.cli import main
 from mmlong.ingest import IngestOptions, ingest
-from mmlong.ingest.video import VideoOptions, check_video, plan, probe, read_subtitles
+from mmlong.ingest.video import VideoOptions, frame_indices, plan, probe, read_subtitles
 from mmlong.schema import TEXT, VIDEO_FRAME
 from tests.conftest import ROOT
 
@@ -59,6 +59,14 @@ def frame_index(image: bytes) -> int:
 def minute(tmp_path_factory):
     d = tmp_path_factory.mktemp("video")
     return make_video(d / "minute.mp4", 60, scene_seconds=15)
+
+
+def test_frame_indices_equal_torch_linspace():
+    rng = np.random.default_rng(0)
+    cases = [(600, 120), (36000, 768), (108000, 768), (190, 14), (7, 4), (4, 2)]
+    cases += [(int(t), int(n)) for t, n in zip(rng.integers(10, 400000, 300), rng.integers(2, 769, 300)) if n <= t]
+    for total, n in cases:
+        assert frame_indices(total, n) == torch.linspace(0, total - 1, n).round().long().tolist(), (total, n)
 
 
 def test_probe_and_plan_follow_qwen(minute, qwen_vl_utils):
@@ -195,3 +203,35 @@ def test_memory_does_not_grow_with_video_length(tmp_path):
         frames, peaks[name] = map(int, done.stdout.split())
         assert frames == (120 if name == "short" else 768)
     assert peaks["long"] < 1.15 * peaks["short"], peaks
+
+
+@pytest.fixture(scope="module")
+def kivy_clip(tmp_path_factory):
+    """The real clip Debian's python-kivy-examples ships (skipped when it cannot be fetched)."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("kivy")
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        pytest.skip("needs apt-get and dpkg")
+    got = subprocess.run("apt-get download python-kivy-examples && dpkg -x python-kivy-examples_*.deb x", shell=True,
+                         cwd=d, capture_output=True, timeout=300)
+    clip = d / "x/usr/share/kivy-examples/widgets/cityCC0.mpg"
+    if got.returncode != 0 or not clip.is_file():
+        pytest.skip(f"python-kivy-examples could not be fetched: {got.stderr.decode()[-200:]}")
+    return clip
+
+
+@pytest.mark.debian
+def test_real_clip_from_debian(kivy_clip, tmp_path):
+    frames = {}
+    for reader in ("pyav", "opencv"):
+        opts = IngestOptions(video=VideoOptions(reader=reader))
+        assert ingest([str(kivy_clip)], tmp_path / reader, options=opts, workers=1, progress=False).ok
+        doc = next(iter(store.iter_documents(tmp_path / reader)))
+        frames[reader] = [it for it in doc.items if it.kind == VIDEO_FRAME]
+    assert doc.metadata["total_frames"] == 190 and doc.metadata["video_fps"] == 25.0
+    assert len(frames["pyav"]) == len(frames["opencv"]) == 14
+    for a, b in zip(frames["pyav"], frames["opencv"]):
+        assert a.timestamp == pytest.approx(b.timestamp, abs=0.001) and (a.width, a.height) == (728, 392)
+        pa_, pb = (np.asarray(Image.open(io.BytesIO(f.image)), dtype=float) for f in (a, b))
+        assert np.abs(pa_ - pb).mean() < 12  # the same picture, up to the two scalers

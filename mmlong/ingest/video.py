@@ -100,15 +100,28 @@ def probe(path: Path) -> dict[str, Any]:
             "duration": round(frames / fps, 3)}
 
 
+def frame_indices(total: int, n: int) -> list[int]:
+    """`torch.linspace(0, total - 1, n).round()` as qwen-vl-utils computes it (torch's CPU
+    kernel: a float32 step, the first half counted up from 0 and the second half down from
+    the end in double, the result in float32), which rounds a few indices of long videos
+    unlike exact arithmetic (34920, not 34919, for frame 744 of 768 of an hour at 10 fps).
+    numpy reproduces it without importing torch (checked against torch in the tests)."""
+    import numpy as np
+
+    if n == 1:
+        return [0]
+    end = float(total - 1)
+    step = float(np.float32(end) / np.float32(n - 1))
+    i = np.arange(n)
+    values = np.where(i < n // 2, step * i, end - step * (n - 1 - i)).astype(np.float32)
+    return np.rint(values).astype(int).tolist()
+
+
 def plan(info: dict[str, Any], opts: VideoOptions) -> dict[str, Any]:
     """The frames Qwen2.5-VL samples: indices (linspace, rounded) and the frame size."""
     n = tk.video_frame_count(info["total_frames"], info["video_fps"], opts.fps, opts.min_frames, opts.max_frames)
     h, w = tk.video_frame_size(n, info["height"], info["width"], opts.min_pixels, opts.max_pixels, opts.total_pixels)
-    import torch
-
-    # qwen-vl-utils' own computation: float32 linspace, which rounds a few indices of long
-    # videos differently from exact arithmetic (34920, not 34919, for frame 744 of 768 of an hour)
-    indices = torch.linspace(0, info["total_frames"] - 1, n).round().long().tolist()
+    indices = frame_indices(info["total_frames"], n)
     return {"indices": indices, "height": h, "width": w, "tokens": tk.video_tokens(n, h, w)}
 
 
@@ -167,7 +180,9 @@ def _distance(a, b) -> float:
 
 def _read_pyav(path: str, wanted: list[int], fps: float, size: tuple[int, int], seek_after: float):
     """(index, seconds, RGB array) of the wanted frame indices, in order; seconds from the
-    decoded frame's own timestamp."""
+    decoded frame's own timestamp. Decodes straight through, seeking (to a second early) only
+    when the next wanted frame is more than `seek_after` seconds ahead; where a seek lands
+    past its target (inexact seeking, e.g. MPEG program streams) it decodes from the start."""
     import av
 
     h, w = size
@@ -175,29 +190,38 @@ def _read_pyav(path: str, wanted: list[int], fps: float, size: tuple[int, int], 
         stream = container.streams.video[0]
         base = stream.start_time or 0
         tb = float(stream.time_base)
+        decoder = container.decode(stream)
+        position, seeking = -1, seek_after > 0
         todo = list(wanted)
-        decoder = None
-        position = -1  # index of the last decoded frame
         while todo:
             target = todo[0]
-            if decoder is None or (target - position) / fps > seek_after or target <= position:
-                container.seek(base + int(target / fps / tb), stream=stream, backward=True, any_frame=False)
+            sought = seeking and (target - position) / fps > seek_after
+            if sought:
+                container.seek(base + int(max(0.0, target / fps - 1.0) / tb), stream=stream, backward=True, any_frame=False)
                 decoder = container.decode(stream)
             for frame in decoder:
                 t = (frame.pts - base) * tb if frame.pts is not None else (position + 1) / fps
                 position = int(round(t * fps))
+                if sought and position > target:
+                    break  # landed past the target: start over without seeking
+                sought = False
                 if position < target:
                     continue
-                # the wanted frame, or the first after it where the stream skips frames
                 rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
                 while todo and todo[0] <= position:
                     yield todo.pop(0), t, rgb
                 break
             else:
                 raise IngestError(f"video ends before frame {target} (truncated or damaged)")
+            if sought:  # the seek overshot
+                yield from _read_pyav(path, todo, fps, size, seek_after=0)
+                return
 
 
-def _read_opencv(path: str, wanted: list[int], fps: float, size: tuple[int, int]):
+def _read_opencv(path: str, wanted: list[int], fps: float, size: tuple[int, int], seek_after: float):
+    """OpenCV grab/retrieve. Positions come from each grabbed frame's timestamp: seeking by
+    frame number is inexact for some containers (on an MPEG program stream it drops frames),
+    so it seeks only when the first wanted frame is far, and then to a second before it."""
     import cv2
 
     h, w = size
@@ -205,18 +229,21 @@ def _read_opencv(path: str, wanted: list[int], fps: float, size: tuple[int, int]
     if not cap.isOpened():
         raise IngestError("OpenCV cannot open the video")
     try:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, wanted[0])
-        position = int(cap.get(cv2.CAP_PROP_POS_FRAMES)) - 1
-        for target in wanted:
-            while position < target:
-                if not cap.grab():
-                    raise IngestError(f"video ends before frame {target} (truncated or damaged)")
-                position += 1
+        if wanted[0] / fps > seek_after:
+            cap.set(cv2.CAP_PROP_POS_MSEC, (wanted[0] / fps - 1.0) * 1000)
+        todo = list(wanted)
+        while todo:
+            if not cap.grab():
+                raise IngestError(f"video ends before frame {todo[0]} (truncated or damaged)")
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            if round(t * fps) < todo[0]:
+                continue
             ok, bgr = cap.retrieve()
             if not ok:
-                raise IngestError(f"cannot decode frame {target}")
+                raise IngestError(f"cannot decode frame {todo[0]}")
             rgb = cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-            yield target, target / fps, rgb
+            while todo and todo[0] <= round(t * fps):
+                yield todo.pop(0), t, rgb
     finally:
         cap.release()
 
@@ -247,7 +274,7 @@ def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int],
     """Frames at `wanted` indices as (index, seconds, RGB array of `size`), by the chosen reader;
     decord falls back to PyAV when it fails or hangs."""
     if opts.reader == "opencv":
-        return list(_read_opencv(path, wanted, fps, size))
+        return list(_read_opencv(path, wanted, fps, size, opts.seek_after))
     if opts.reader == "decord":
         try:
             return list(_read_decord(path, wanted, fps, size, opts.decord_timeout))
