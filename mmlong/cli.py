@@ -33,6 +33,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             "quality": args.quality,
         },
         "tokens": {"min_pixels": args.token_min_pixels, "max_pixels": args.token_max_pixels},
+        "html": {"mode": args.html_mode, "allow_network": True if args.allow_network else None},
     }
     options = IngestOptions.from_preset(args.preset, overrides)
     report = ingest(
@@ -154,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("ingest", help="ingest PDFs into an interleaved dataset (creates or resumes it)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (searched for *.pdf) or globs")
+    p = sub.add_parser("ingest", help="ingest PDFs, videos and webpages into an interleaved dataset (creates or resumes it)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders (searched for PDFs, videos, HTML) or globs")
     p.add_argument("--out", required=True, help="dataset folder")
     p.add_argument("--preset", default="pdf-144dpi", help="ingest preset name (ingest/*.yaml) or a YAML path")
     p.add_argument("--mode", choices=["pages", "text", "interleaved"], help="override the preset's pdf mode")
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, help="JPEG/WebP quality")
     p.add_argument("--token-min-pixels", type=int, help="Qwen processor min_pixels for token counts")
     p.add_argument("--token-max-pixels", type=int, help="Qwen processor max_pixels for token counts")
+    p.add_argument("--html-mode", choices=["interleaved", "screenshot"], help="webpages: text and images, or screenshots")
+    p.add_argument("--allow-network", action="store_true", help="webpages may fetch http(s) resources (off: nothing leaves)")
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     p.add_argument("--chunk-pages", type=int, default=8, help="pages per task")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

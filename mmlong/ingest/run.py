@@ -25,6 +25,7 @@ import pyarrow as pa
 from mmlong import tokens as tk
 from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_table
 from mmlong.ingest.video import VIDEO_SUFFIXES, Segmenter, VideoOptions, check_video, frames_table
+from mmlong.ingest.web import HTML_SUFFIXES, HtmlOptions, html_table, read_html
 from mmlong.presets import load_preset
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
@@ -48,6 +49,7 @@ class IngestOptions:
 
     pdf: PdfOptions = field(default_factory=PdfOptions)
     video: VideoOptions = field(default_factory=VideoOptions)
+    html: HtmlOptions = field(default_factory=HtmlOptions)
     tokens: TokenBudget = field(default_factory=TokenBudget)
 
     @classmethod
@@ -56,7 +58,7 @@ class IngestOptions:
         if unknown:
             raise ValueError(f"unknown ingest option section(s): {sorted(unknown)}")
         return cls(pdf=_build(PdfOptions, data.get("pdf") or {}), video=_build(VideoOptions, data.get("video") or {}),
-                   tokens=_build(TokenBudget, data.get("tokens") or {}))
+                   html=_build(HtmlOptions, data.get("html") or {}), tokens=_build(TokenBudget, data.get("tokens") or {}))
 
     @classmethod
     def from_preset(cls, preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> IngestOptions:
@@ -92,14 +94,15 @@ class IngestReport:
 
 
 def expand_inputs(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
-    """Files named by `paths` (files; folders, searched recursively for PDFs and videos; globs),
+    """Files named by `paths` (files; folders, searched recursively for PDFs, videos and HTML;
+    globs),
     in order and without repeats, and the inputs that named nothing."""
     found: list[Path] = []
     missing: dict[str, str] = {}
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in {".pdf"} | VIDEO_SUFFIXES)
+            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in {".pdf"} | VIDEO_SUFFIXES | HTML_SUFFIXES)
         elif path.exists():
             found.append(path)
         elif glob.has_magic(p):
@@ -127,7 +130,17 @@ def file_sha256(path: Path) -> str:
 
 
 def kind_of(path: Path) -> str:
-    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "pdf"
+    suffix = path.suffix.lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "html" if suffix in HTML_SUFFIXES else "pdf"
+
+
+def _check(path: Path, kind: str, opts: IngestOptions) -> dict[str, Any]:
+    if kind == "pdf":
+        return check_pdf(path)
+    if kind == "video":
+        return check_video(path, opts.video)
+    _, warnings = read_html(path, opts.html)
+    return {"warnings": warnings}
 
 
 @dataclass
@@ -248,7 +261,7 @@ def ingest(
                     show.print(f"skipped {source}: same content as {seen}")
                 return True
             kind = kind_of(path)
-            meta = check_pdf(path) if kind == "pdf" else check_video(path, opts.video)
+            meta = _check(path, kind, opts)
         except (IngestError, OSError) as e:
             report.failed[source] = str(e)
             writer.fail(source, str(e))
@@ -260,7 +273,7 @@ def ingest(
             report.failed[meta["subtitles"]] = meta["subtitle_error"]
             writer.fail(meta["subtitles"], meta["subtitle_error"])
             show.print(f"skipped {meta['subtitles']}: {meta['subtitle_error']}")
-        n = meta["page_count"] if kind == "pdf" else len(meta["indices"])
+        n = meta["page_count"] if kind == "pdf" else len(meta["indices"]) if kind == "video" else 1
         size = chunk_pages if kind == "pdf" else chunk_frames
         v = opts.video
         doc = _Doc(path, doc_id, sha, kind, meta, n, chunks=-(-n // size), sink=writer.open(doc_id, source),
@@ -273,6 +286,8 @@ def ingest(
 
     def finish(doc: _Doc) -> None:
         meta = {k: v for k, v in doc.meta.items() if k not in ("cues", "subtitle_error")}
+        for warning in meta.get("warnings", []):
+            show.print(f"warning {doc.path}: {warning}")
         num_pages = meta.pop("page_count", 0)
         if doc.segmenter is not None:
             meta["segments"] = doc.segmenter.segments
@@ -307,8 +322,10 @@ def ingest(
         start, stop = chunk_range(doc, c)
         if doc.kind == "pdf":
             fn, args = pages_table, (str(doc.path), doc.doc_id, start, stop, opts.pdf, budget)
-        else:
+        elif doc.kind == "video":
             fn, args = frames_table, (str(doc.path), doc.doc_id, doc.meta, start, stop, opts.video, budget)
+        else:
+            fn, args = html_table, (str(doc.path), doc.doc_id, opts.html, budget)
         return pool.submit(fn, *args) if pool else _run_inline(fn, *args)
 
     def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:
@@ -360,7 +377,12 @@ def ingest(
                 if doc.failed:
                     continue
                 try:
-                    doc.pending[c] = fut.result()
+                    result = fut.result()
+                    if isinstance(result, tuple):  # a webpage: (items, page metadata)
+                        result, extra = result
+                        doc.meta["warnings"] = doc.meta.get("warnings", []) + extra.pop("warnings", [])
+                        doc.meta.update(extra)
+                    doc.pending[c] = result
                     buffered += 1
                     succeeded += 1
                 except BrokenProcessPool:
@@ -376,10 +398,10 @@ def ingest(
                         table = doc.segmenter.label(table)
                     doc.sink.write(table)
                     start, stop = chunk_range(doc, doc.next_chunk)
-                    if doc.kind == "pdf":
-                        report.pages += stop - start
-                    else:
+                    if doc.kind == "video":
                         report.frames += stop - start
+                    else:
+                        report.pages += stop - start
                     doc.next_chunk += 1
                 if doc.next_chunk == doc.chunks:
                     finish(doc)

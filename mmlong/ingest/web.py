@@ -1,0 +1,337 @@
+"""Webpage ingest: saved HTML pages into interleaved items, or into full-page screenshots.
+
+Interleaved: the main content in DOM order (trafilatura), headings, paragraphs, list items
+and tables (rows as " | "-joined cells) as text, images as figure items with their alt text
+and figure caption (trafilatura drops <figcaption>; the captions are read from the DOM with
+selectolax). Scripts, styles, navigation and boilerplate are left out. Images resolve
+relative to the page: files inside the page's own folder, data: URIs, and http(s) only with
+`allow_network`; anything else is skipped with a warning in the document's metadata.
+
+Screenshots (`pip install 'mmlong[web]'` and Debian's chromium-headless-shell or chromium):
+Playwright renders the page with JavaScript off, every request routed through an allow-list
+(the page's own folder; the network only with `allow_network`): an untrusted page cannot
+pull local files (an <iframe src="file:///etc/...">) into its screenshot. The full page is
+cut into tiles of at most `max_pixels`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlparse
+
+from mmlong import tokens as tk
+from mmlong.ingest.pdf import IngestError
+from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
+
+HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
+CHROMIUM = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+_DATA_SRC = re.compile(r"""src\s*=\s*(["'])(data:image/[^"']+)\1""", re.I)
+
+
+@dataclass
+class HtmlOptions:
+    """How webpages become items."""
+
+    mode: str = "interleaved"
+    """interleaved (text and images in DOM order) or screenshot (full-page tiles)."""
+    main_content: bool = True
+    """Keep the main content only (trafilatura); else every block of the body."""
+    allow_network: bool = False
+    """Fetch http(s) resources; off: no request leaves the machine."""
+    max_bytes: int = 20_000_000
+    min_image_side: int = 16
+    max_pixels: int = tk.IMAGE_MAX_PIXELS
+    """Largest image (and screenshot tile) in pixels; larger ones are scaled down."""
+    viewport_width: int = 1280
+    javascript: bool = False
+    timeout: float = 30.0
+    image_format: str = "jpeg"
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("interleaved", "screenshot"):
+            raise ValueError(f"html mode must be interleaved or screenshot, got {self.mode!r}")
+        if self.image_format not in ("jpeg", "png"):
+            raise ValueError(f"html image_format must be jpeg or png, got {self.image_format!r}")
+
+
+def read_html(path: Path, opts: HtmlOptions) -> tuple[str, list[str]]:
+    """The page decoded as browsers do (BOM, declared charset, UTF-8, else windows-1252) and
+    warnings; IngestError if the file is missing, empty, too large or binary."""
+    if not path.is_file():
+        raise IngestError("no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise IngestError("empty file (0 bytes)")
+    if size > opts.max_bytes:
+        raise IngestError(f"page too large ({size / 1e6:.1f} MB > {opts.max_bytes / 1e6:.0f} MB)")
+    data = path.read_bytes()
+    if b"\x00" in data[:4096]:
+        raise IngestError("not an HTML page (binary content)")
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            return data.decode(codec, errors="replace"), []
+    match = re.search(rb"""<meta[^>]+charset=["']?([\w-]+)""", data[:4096], re.I)
+    warnings = []
+    if match:
+        try:
+            return data.decode(match[1].decode()), warnings
+        except (LookupError, UnicodeDecodeError):
+            warnings.append(f"the declared charset {match[1].decode()} does not decode the page; read as windows-1252")
+    try:
+        return data.decode("utf-8"), warnings
+    except UnicodeDecodeError:
+        pass
+    # what browsers do with an undeclared page that is not UTF-8 (the WHATWG default for most locales)
+    if not warnings:
+        warnings.append("no charset declared and not UTF-8: read as windows-1252")
+    return data.decode("cp1252", errors="replace"), warnings
+
+
+def _captions(html: str) -> dict[str, dict[str, str]]:
+    """alt text and figure caption of every <img>, by src."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    out: dict[str, dict[str, str]] = {}
+    for img in LexborHTMLParser(html).css("img"):
+        src = img.attributes.get("src") or ""
+        info = {"alt": (img.attributes.get("alt") or "").strip()}
+        node = img.parent
+        while node is not None and node.tag not in ("figure", "body"):
+            node = node.parent
+        if node is not None and node.tag == "figure":
+            cap = node.css_first("figcaption")
+            if cap is not None:
+                info["caption"] = " ".join(cap.text(separator=" ").split())
+        out.setdefault(src, info)
+    return out
+
+
+def _body_blocks(html: str) -> list[tuple[str, Any]]:
+    """Every block of the body in DOM order (main_content=False, or when trafilatura finds none)."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    tree = LexborHTMLParser(html)
+    for junk in tree.css("script, style, noscript, nav, header, footer, aside, form, iframe, template"):
+        junk.decompose()
+    blocks: list[tuple[str, Any]] = []
+    body = tree.body
+    if body is None:
+        return blocks
+    for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, blockquote, table, img"):
+        if node.tag == "img":
+            blocks.append(("img", node.attributes.get("src") or ""))
+        elif node.tag == "table":
+            rows = [" | ".join(" ".join(c.text().split()) for c in r.css("th, td")) for r in node.css("tr")]
+            blocks.append(("table", "\n".join(r for r in rows if r.strip())))
+        elif not any(p.tag in ("li", "table", "p", "blockquote") for p in _ancestors(node)):
+            text = " ".join(node.text(separator=" ").split())
+            if text:
+                blocks.append((node.tag, text))
+    return blocks
+
+
+def _ancestors(node):
+    node = node.parent
+    while node is not None:
+        yield node
+        node = node.parent
+
+
+def _main_blocks(html: str) -> list[tuple[str, Any]] | None:
+    import trafilatura
+    from lxml import etree
+
+    xml = trafilatura.extract(html, output_format="xml", include_images=True, include_tables=True, include_links=False,
+                              include_formatting=False, favor_recall=True, deduplicate=False)
+    if not xml:
+        return None
+    root = etree.fromstring(xml.encode())
+    main = root.find("main")
+    blocks: list[tuple[str, Any]] = []
+    for el in (main if main is not None else root):
+        if el.tag == "graphic":
+            blocks.append(("img", el.get("src") or ""))
+        elif el.tag == "table":
+            rows = [" | ".join(" ".join("".join(c.itertext()).split()) for c in r) for r in el.iter("row")]
+            blocks.append(("table", "\n".join(r for r in rows if r.strip())))
+        elif el.tag == "list":
+            blocks += [("li", " ".join("".join(i.itertext()).split())) for i in el.iter("item")]
+        else:
+            for g in el.iter("graphic"):  # an image inside a paragraph
+                blocks.append(("img", g.get("src") or ""))
+            text = " ".join("".join(el.itertext()).split())
+            if text:
+                blocks.append((el.tag, text))
+    return blocks
+
+
+def _encode(image, opts: HtmlOptions) -> bytes:
+    buf = io.BytesIO()
+    if opts.image_format == "jpeg":
+        image.convert("RGB").save(buf, "JPEG", quality=opts.quality)
+    else:
+        image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions) -> tuple[bytes | None, str]:
+    """Image bytes for `src`, or None and why not."""
+    if src in inline:
+        src = inline[src]
+    if src.startswith("data:"):
+        try:
+            return base64.b64decode(src.split(",", 1)[1]), ""
+        except (IndexError, ValueError):
+            return None, "undecodable data: URI"
+    url = urlparse(src)
+    if url.scheme in ("http", "https"):
+        if not opts.allow_network:
+            return None, f"not fetched (network off): {src}"
+        import requests
+
+        try:
+            r = requests.get(src, timeout=opts.timeout)
+            r.raise_for_status()
+            return r.content, ""
+        except requests.RequestException as e:
+            return None, f"cannot fetch {src}: {type(e).__name__}"
+    if url.scheme not in ("", "file"):
+        return None, f"unsupported image source {src}"
+    target = Path(unquote(url.path)) if url.scheme == "file" else page.parent / unquote(url.path)
+    root = page.parent.resolve()
+    target = target.resolve()
+    if root not in target.parents:
+        return None, f"outside the page's folder: {src}"
+    if not target.is_file():
+        return None, f"missing image {src}"
+    return target.read_bytes(), ""
+
+
+def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], tokenizer=None) -> tuple[list[Item], dict[str, Any]]:
+    """Items of one saved page (interleaved mode) and its metadata (title, warnings)."""
+    from PIL import Image, UnidentifiedImageError
+
+    html, warnings = read_html(path, opts)
+    inline: dict[str, str] = {}
+
+    def stash(m: re.Match) -> str:  # trafilatura drops data: URIs: pass them under a name
+        name = f"mmlong-inline-{len(inline)}.png"
+        inline[name] = m[2]
+        return f'src="{name}"'
+
+    html = _DATA_SRC.sub(stash, html)
+    try:
+        blocks = _main_blocks(html) if opts.main_content else None
+        if not blocks:
+            blocks = _body_blocks(html)
+        captions = _captions(html)
+    except (RecursionError, ValueError) as e:
+        raise IngestError(f"unparseable HTML: {type(e).__name__}: {e}") from None
+    tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
+    items: list[Item] = []
+    for tag, value in blocks:
+        if tag != "img":
+            items.append(Item(TEXT, text=value, tokens=tk.text_tokens(value, tok), meta={"tag": tag}))
+            continue
+        data, why = _load_image(value, path, inline, opts)
+        if data is None:
+            warnings.append(why)
+            continue
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (UnidentifiedImageError, OSError) as e:
+            warnings.append(f"unreadable image {value[:80]}: {type(e).__name__}")
+            continue
+        if min(image.size) < opts.min_image_side or max(image.size) / min(image.size) > tk.MAX_RATIO:
+            continue
+        if image.width * image.height > opts.max_pixels:
+            scale = (opts.max_pixels / (image.width * image.height)) ** 0.5
+            image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+        info = captions.get(value, {})
+        meta = {"src": value if value not in inline else "data:", **{k: v for k, v in info.items() if v}}
+        items.append(Item(FIGURE, image=_encode(image, opts), image_format=opts.image_format, width=image.width,
+                          height=image.height, tokens=tk.image_tokens(image.height, image.width, *budget), meta=meta))
+        if info.get("caption"):
+            items.append(Item(TEXT, text=info["caption"], tokens=tk.text_tokens(info["caption"], tok), meta={"tag": "figcaption"}))
+    title = re.search(r"<title[^>]*>(.*?)</title>", html, re.I | re.S)
+    return items, {"title": " ".join(title[1].split()) if title else "", "warnings": warnings}
+
+
+def find_chromium() -> str:
+    for name in CHROMIUM:
+        if found := shutil.which(name):
+            return found
+    raise IngestError("screenshot mode needs Chromium: apt-get install chromium-headless-shell (or chromium)")
+
+
+def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int]) -> tuple[list[Item], dict[str, Any]]:
+    """Full-page screenshot tiles of one page, every request through the allow-list."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise IngestError("screenshot mode needs Playwright: pip install 'mmlong[web]'") from None
+    from PIL import Image
+
+    read_html(path, opts)  # the same size and content checks as interleaved mode
+    root = path.parent.resolve()
+    blocked: list[str] = []
+
+    def route(r) -> None:
+        url = urlparse(r.request.url)
+        if url.scheme == "file" and (root == Path(unquote(url.path)).resolve() or root in Path(unquote(url.path)).resolve().parents):
+            r.continue_()
+        elif url.scheme in ("http", "https") and opts.allow_network:
+            r.continue_()
+        elif url.scheme == "data":
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-quic"]
+    if not opts.allow_network:
+        args.append("--host-resolver-rules=MAP * ~NOTFOUND")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=find_chromium(), args=args)
+            try:
+                context = browser.new_context(java_script_enabled=opts.javascript, viewport={"width": opts.viewport_width, "height": 800},
+                                              service_workers="block")
+                context.route("**/*", route)
+                page = context.new_page()
+                page.goto(path.resolve().as_uri(), wait_until="load", timeout=opts.timeout * 1000)
+                png = page.screenshot(full_page=True, timeout=opts.timeout * 1000)
+            finally:
+                browser.close()
+    except PlaywrightError as e:
+        raise IngestError(f"Chromium could not render the page: {str(e).splitlines()[0]}") from None
+    shot = Image.open(io.BytesIO(png)).convert("RGB")
+    tile_h = max(28, min(shot.height, opts.max_pixels // shot.width))
+    items = []
+    for k, top in enumerate(range(0, shot.height, tile_h)):
+        tile = shot.crop((0, top, shot.width, min(shot.height, top + tile_h)))
+        items.append(Item(PAGE_IMAGE, image=_encode(tile, opts), image_format=opts.image_format, width=tile.width,
+                          height=tile.height, page=k, bbox=(0, top, tile.width, top + tile.height),
+                          tokens=tk.image_tokens(tile.height, tile.width, *budget), meta={"tile": k}))
+    return items, {"screenshot": [shot.width, shot.height], "blocked": blocked}
+
+
+def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tuple[int, int]):
+    """(items table, page metadata) of one page, built in the worker."""
+    from mmlong.schema import items_table
+
+    items, meta = (screenshot_items if opts.mode == "screenshot" else page_items)(Path(path), opts, budget)
+    if not items:
+        why = f" ({'; '.join(meta['warnings'][:3])})" if meta.get("warnings") else ""
+        raise IngestError(f"no content: the page has no text or images{why}")
+    return items_table(doc_id, path, items), meta

@@ -1,0 +1,170 @@
+"""Webpage ingest: interleaved main content, images resolved safely, no request leaves without
+--allow-network, bad pages reported; screenshots when Playwright and Chromium are installed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from mmlong import store
+from mmlong.cli import main
+from mmlong.ingest import IngestOptions, ingest
+from mmlong.ingest.web import HtmlOptions
+from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT
+from tests.conftest import png_bytes
+
+
+class Recorder(ThreadingHTTPServer):
+    def __init__(self):
+        self.paths: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        body = png_bytes(40, 30, (0, 200, 0)) if self.path.endswith(".png") else b"/* nothing */"
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png" if self.path.endswith(".png") else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = Recorder()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def site(tmp_path, port: int):
+    root = tmp_path / "site"
+    (root / "img").mkdir(parents=True)
+    (root / "img" / "boat.png").write_bytes(png_bytes(120, 80, (200, 40, 40)))
+    (tmp_path / "secret.png").write_bytes(png_bytes(50, 50))
+    inline = base64.b64encode(png_bytes(32, 32, (10, 10, 200))).decode()
+    (root / "index.html").write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>Harbours</title>
+<script>document.write("SCRIPT TEXT")</script><style>p {{color: red}}</style>
+<link rel="stylesheet" href="http://127.0.0.1:{port}/style.css"><script src="http://127.0.0.1:{port}/app.js"></script></head>
+<body><nav><a href="/">Home</a> | <a href="/about">About</a></nav>
+<article><h1>Harbours of the North</h1>
+<p>The first paragraph talks about ships and harbours in the north, with many details about the fleet.</p>
+<figure><img src="img/boat.png" alt="A red boat"><figcaption>Figure 1: A red boat in the harbour.</figcaption></figure>
+<p>The second paragraph continues after the figure and explains the tides, the ferries and the weather.</p>
+<table><tr><th>Port</th><th>Ships</th></tr><tr><td>Oslo</td><td>12</td></tr><tr><td>Bergen</td><td>7</td></tr></table>
+<ul><li>First item of a list about the ports</li><li>Second item of a list about the ports</li></ul>
+<p>Inline picture: <img src="data:image/png;base64,{inline}" alt="blue square"> and more text after it here.</p>
+<img src="img/missing.png" alt="gone"><img src="../secret.png"><img src="http://127.0.0.1:{port}/remote.png">
+<p>The last paragraph closes the article about the harbours of the north and their history.</p>
+</article><footer>Copyright 2026 the harbour society</footer></body></html>""")
+    return root
+
+
+def test_interleaved_main_content_and_safe_images(tmp_path, server):
+    root = site(tmp_path, server.server_address[1])
+    report = ingest([str(root)], tmp_path / "ds", workers=1, progress=False)
+    assert report.ok and report.pages == 1
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    assert doc.kind == "html" and doc.metadata["title"] == "Harbours"
+    texts = [it.text for it in doc.items if it.kind == TEXT]
+    assert texts[0] == "Harbours of the North" and texts[1].startswith("The first paragraph")
+    assert "Port | Ships\nOslo | 12\nBergen | 7" in texts
+    assert "First item of a list about the ports" in texts and texts[-1].startswith("The last paragraph")
+    joined = " ".join(texts)
+    assert "Home" not in joined and "SCRIPT TEXT" not in joined and "Copyright" not in joined and "color" not in joined
+    figures = [it for it in doc.items if it.kind == FIGURE]
+    boat = figures[0]
+    assert (boat.width, boat.height) == (120, 80) and boat.meta["alt"] == "A red boat"
+    assert boat.meta["caption"] == "Figure 1: A red boat in the harbour."
+    kinds = [(it.kind, (it.text or "")[:9]) for it in doc.items]
+    i = kinds.index((FIGURE, ""))
+    assert kinds[i + 1] == (TEXT, "Figure 1:") and kinds[i - 1][1] == "The first"  # DOM order, caption after its image
+    assert any(f.meta.get("alt") == "blue square" and f.meta["src"] == "data:" for f in figures)  # the data: URI image
+    warnings = " ".join(doc.metadata["warnings"])
+    assert "missing image img/missing.png" in warnings and "outside the page's folder: ../secret.png" in warnings
+    assert "not fetched (network off)" in warnings
+    assert len(figures) == 2 and server.paths == []  # nothing left the machine
+
+
+def test_allow_network_fetches_remote_images(tmp_path, server):
+    root = site(tmp_path, server.server_address[1])
+    assert main(["ingest", str(root / "index.html"), "--out", str(tmp_path / "ds"), "--allow-network", "--workers", "1",
+                 "--no-progress"]) == 0
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    assert server.paths == ["/remote.png"] and any("remote.png" in (f.meta or {}).get("src", "") for f in doc.items)
+
+
+def test_bad_pages(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "latin1.html").write_bytes("<html><body><p>Un caf\xe9 au bord du port, pr\xe8s des bateaux de p\xeache.</p></body></html>".encode("latin-1"))
+    (d / "lying.html").write_bytes(b'<html><head><meta charset="utf-8"></head><body><p>Caf\xe9 and cr\xe8me '
+                                   b'br\xfbl\xe9e by the harbour, a long sentence to read.</p></body></html>')
+    (d / "empty.html").write_bytes(b"")
+    (d / "binary.html").write_bytes(b"\x00\x01\x02" * 100)
+    (d / "nested.html").write_text("<html><body>" + "<div>" * 50000 + "<p>deep text at the bottom</p>" + "</div>" * 50000 + "</body></html>")
+    (d / "big.html").write_text("<html><body><p>" + "x " * 600_000 + "</p></body></html>")
+    opts = IngestOptions(html=HtmlOptions(max_bytes=1_000_000))
+    report = ingest([str(d)], tmp_path / "ds", options=opts, workers=1, progress=False)
+    assert report.failed[str(d / "empty.html")] == "empty file (0 bytes)"
+    assert report.failed[str(d / "binary.html")] == "not an HTML page (binary content)"
+    assert report.failed[str(d / "big.html")].startswith("page too large (1.2 MB > 1 MB)")
+    docs = {doc.source.rsplit("/", 1)[-1]: doc for doc in store.iter_documents(tmp_path / "ds", images=False)}
+    assert "café au bord du port, près des bateaux de pêche" in docs["latin1.html"].items[0].text
+    assert any("does not decode" in w for w in docs["lying.html"].metadata["warnings"])
+    assert "crème brûlée" in docs["lying.html"].items[0].text
+    nested = str(d / "nested.html")
+    assert nested in report.failed or any("deep text" in (it.text or "") for it in docs["nested.html"].items)
+
+
+def test_whole_body_mode(tmp_path, server):
+    root = site(tmp_path, server.server_address[1])
+    opts = IngestOptions(html=HtmlOptions(main_content=False))
+    ingest([str(root)], tmp_path / "ds", options=opts, workers=1, progress=False)
+    texts = [it.text for it in next(iter(store.iter_documents(tmp_path / "ds"))).items if it.kind == TEXT]
+    assert texts[0] == "Harbours of the North" and "Home | About" not in " ".join(texts)
+    assert sum("paragraph" in t for t in texts) == 3
+
+
+def _screenshots_possible() -> bool:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return False
+    return any(shutil.which(n) for n in ("chromium-headless-shell", "chromium"))
+
+
+@pytest.mark.skipif(not _screenshots_possible(), reason="needs playwright and Chromium (mmlong[web], chromium-headless-shell)")
+def test_screenshots_block_everything_outside_the_page(tmp_path, server):
+    root = site(tmp_path, server.server_address[1])
+    page = root / "index.html"
+    page.write_text(page.read_text().replace("</article>", '<iframe src="file:///etc/hostname"></iframe></article>'))
+    opts = IngestOptions(html=HtmlOptions(mode="screenshot", max_pixels=1280 * 700))
+    report = ingest([str(page)], tmp_path / "ds", options=opts, workers=1, progress=False)
+    assert report.ok, report.failed
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    tiles = [it for it in doc.items if it.kind == PAGE_IMAGE]
+    assert tiles and all(t.width == 1280 and t.width * t.height <= 1280 * 700 for t in tiles)
+    assert sum(t.height for t in tiles) == doc.metadata["screenshot"][1]
+    blocked = " ".join(doc.metadata["blocked"])
+    assert "file:///etc/hostname" in blocked and f"127.0.0.1:{server.server_address[1]}" in blocked
+    assert server.paths == []  # no request reached the server
+    boat = Image.open(io.BytesIO(tiles[0].image)).convert("RGB")
+    assert any(boat.getpixel((x, y))[0] > 180 and boat.getpixel((x, y))[1] < 80
+               for x in range(0, 1280, 8) for y in range(0, boat.height, 8))  # the local image rendered
+    allowed = IngestOptions(html=HtmlOptions(mode="screenshot", allow_network=True))
+    assert ingest([str(page)], tmp_path / "net", options=allowed, workers=1, progress=False).ok
+    assert "/remote.png" in server.paths
