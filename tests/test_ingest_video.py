@@ -101,6 +101,34 @@ def test_sampled_frames_are_exactly_the_planned_ones(minute, tmp_path, reader):
     assert doc.kind == "video" and doc.vision_tokens == 60 * tk.image_tokens(252, 448)
 
 
+def test_decord_timeout_falls_back_to_pyav(minute, tmp_path):
+    opts = IngestOptions(video=VideoOptions(reader="decord", decord_timeout=1e-6, fps=0.5))
+    assert ingest([str(minute)], tmp_path / "ds", options=opts, workers=1, progress=False).ok
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    frames = [it for it in doc.items if it.kind == VIDEO_FRAME]
+    assert [frame_index(f.image) for f in frames] == doc.metadata["indices"]
+
+
+VTT = """WEBVTT
+
+00:00:02.125 --> 00:00:04.000
+First words, in WebVTT.
+
+00:00:30.750 --> 00:00:31.500
+Half a minute in.
+"""
+
+
+def test_webvtt_subtitles(minute, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(minute.read_bytes())
+    (tmp_path / "clip.vtt").write_text(VTT)
+    ingest([str(video)], tmp_path / "ds", options=IngestOptions(video=VideoOptions(fps=1.0)), workers=1, progress=False)
+    doc = next(iter(store.iter_documents(tmp_path / "ds", images=False)))
+    subs = [it for it in doc.items if it.kind == TEXT and it.meta.get("subtitle")]
+    assert [(s.text, s.meta["start"]) for s in subs] == [("First words, in WebVTT.", 2.125), ("Half a minute in.", 30.75)]
+
+
 def test_parallel_chunks_give_identical_items(minute, tmp_path):
     one = ingest([str(minute)], tmp_path / "one", workers=1, progress=False, chunk_frames=16)
     two = ingest([str(minute)], tmp_path / "two", workers=2, progress=False, chunk_frames=16)

@@ -33,6 +33,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.paths.append(self.path)
+        if self.path == "/news/page.html":
+            body = (b"<html><head><title>News</title></head><body><article><h1>Port news</h1><p>The ferry to the island "
+                    b"leaves every morning at seven, weather permitting, from the north pier.</p>"
+                    b"<img src='pics/ferry.png' alt='ferry'></article></body></html>")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         body = png_bytes(40, 30, (0, 200, 0)) if self.path.endswith(".png") else b"/* nothing */"
         self.send_response(200)
         self.send_header("Content-Type", "image/png" if self.path.endswith(".png") else "text/plain")
@@ -168,3 +178,15 @@ def test_screenshots_block_everything_outside_the_page(tmp_path, server):
     allowed = IngestOptions(html=HtmlOptions(mode="screenshot", allow_network=True))
     assert ingest([str(page)], tmp_path / "net", options=allowed, workers=1, progress=False).ok
     assert "/remote.png" in server.paths
+
+
+def test_urls_need_allow_network(tmp_path, server):
+    url = f"http://127.0.0.1:{server.server_address[1]}/news/page.html"
+    report = ingest([url], tmp_path / "off", workers=1, progress=False)
+    assert report.failed == {url: "a URL needs --allow-network (network access is off)"} and server.paths == []
+    assert main(["ingest", url, "--out", str(tmp_path / "on"), "--allow-network", "--workers", "1", "--no-progress"]) == 0
+    doc = next(iter(store.iter_documents(tmp_path / "on")))
+    assert doc.source == url and doc.metadata["title"] == "News"
+    assert [it.kind for it in doc.items] == [TEXT, TEXT, FIGURE] and doc.items[2].meta["alt"] == "ferry"
+    assert server.paths == ["/news/page.html", "/news/pics/ferry.png"]  # the image resolved against the URL
+    assert not (tmp_path / "on" / "failures.json").exists()  # written only when something failed

@@ -93,15 +93,16 @@ class IngestReport:
         return not self.failed
 
 
-def expand_inputs(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
+def expand_inputs(paths: list[str]) -> tuple[list[Path | str], dict[str, str]]:
     """Files named by `paths` (files; folders, searched recursively for PDFs, videos and HTML;
-    globs),
-    in order and without repeats, and the inputs that named nothing."""
-    found: list[Path] = []
+    globs) and http(s) URLs, in order and without repeats, and the inputs that named nothing."""
+    found: list[Path | str] = []
     missing: dict[str, str] = {}
     for p in paths:
         path = Path(p)
-        if path.is_dir():
+        if p.startswith(("http://", "https://")):
+            found.append(p)
+        elif path.is_dir():
             found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in {".pdf"} | VIDEO_SUFFIXES | HTML_SUFFIXES)
         elif path.exists():
             found.append(path)
@@ -112,13 +113,33 @@ def expand_inputs(paths: list[str]) -> tuple[list[Path], dict[str, str]]:
                 missing[p] = "pattern matched no file"
         else:
             missing[p] = "no such file or folder"
-    seen: set[Path] = set()
-    unique = []
+    seen: set[Path | str] = set()
+    unique: list[Path | str] = []
     for f in found:
-        if (r := f.resolve()) not in seen:
+        if (r := f if isinstance(f, str) else f.resolve()) not in seen:
             seen.add(r)
             unique.append(r)
     return unique, missing
+
+
+def fetch_page(url: str, folder: Path, opts: HtmlOptions) -> Path:
+    """Download a webpage (network allowed) into `folder`; IngestError with the reason."""
+    import requests
+
+    if not opts.allow_network:
+        raise IngestError("a URL needs --allow-network (network access is off)")
+    try:
+        r = requests.get(url, timeout=opts.timeout, stream=True)
+        r.raise_for_status()
+        data = r.raw.read(opts.max_bytes + 1, decode_content=True)
+    except requests.RequestException as e:
+        raise IngestError(f"cannot fetch the page: {type(e).__name__}: {e}") from None
+    if len(data) > opts.max_bytes:
+        raise IngestError(f"page too large (> {opts.max_bytes / 1e6:.0f} MB)")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.html"
+    path.write_bytes(data)
+    return path
 
 
 def file_sha256(path: Path) -> str:
@@ -146,6 +167,9 @@ def _check(path: Path, kind: str, opts: IngestOptions) -> dict[str, Any]:
 @dataclass
 class _Doc:
     path: Path
+    """The file read (for a URL: its downloaded copy)."""
+    source: str
+    """What the user named: the file, or the URL."""
     doc_id: str
     sha: str
     kind: str
@@ -240,7 +264,7 @@ def ingest(
         show.print(f"skipped {p}: {reason}")
     budget = (opts.tokens.min_pixels, opts.tokens.max_pixels)
     queue: deque[tuple[_Doc, int]] = deque()
-    file_iter: Iterator[Path] = iter(files)
+    file_iter: Iterator[Path | str] = iter(files)
     in_progress: dict[str, str] = {}
     total_pages = 0
     started = time.perf_counter()
@@ -252,6 +276,8 @@ def ingest(
             return False
         source = str(path)
         try:
+            if isinstance(path, str):  # a URL: read from a downloaded copy
+                path = fetch_page(path, Path(out) / ".staging" / "web", opts.html)
             sha = file_sha256(path) if path.is_file() else ""
             doc_id = sha[:16]
             seen = writer.committed.get(doc_id) or in_progress.get(doc_id)
@@ -260,7 +286,7 @@ def ingest(
                 if seen != source:
                     show.print(f"skipped {source}: same content as {seen}")
                 return True
-            kind = kind_of(path)
+            kind = "html" if source.startswith(("http://", "https://")) else kind_of(path)
             meta = _check(path, kind, opts)
         except (IngestError, OSError) as e:
             report.failed[source] = str(e)
@@ -276,7 +302,7 @@ def ingest(
         n = meta["page_count"] if kind == "pdf" else len(meta["indices"]) if kind == "video" else 1
         size = chunk_pages if kind == "pdf" else chunk_frames
         v = opts.video
-        doc = _Doc(path, doc_id, sha, kind, meta, n, chunks=-(-n // size), sink=writer.open(doc_id, source),
+        doc = _Doc(path, source, doc_id, sha, kind, meta, n, chunks=-(-n // size), sink=writer.open(doc_id, source),
                    segmenter=Segmenter(v.scene_threshold, v.min_segment, v.max_segment) if kind == "video" else None)
         in_progress[doc_id] = source
         for c in range(doc.chunks):
@@ -287,13 +313,13 @@ def ingest(
     def finish(doc: _Doc) -> None:
         meta = {k: v for k, v in doc.meta.items() if k not in ("cues", "subtitle_error")}
         for warning in meta.get("warnings", []):
-            show.print(f"warning {doc.path}: {warning}")
+            show.print(f"warning {doc.source}: {warning}")
         num_pages = meta.pop("page_count", 0)
         if doc.segmenter is not None:
             meta["segments"] = doc.segmenter.segments
-        document = Document(doc.doc_id, str(doc.path), doc.kind, doc.sha, num_pages, options=options_dict, metadata=meta)
+        document = Document(doc.doc_id, doc.source, doc.kind, doc.sha, num_pages, options=options_dict, metadata=meta)
         writer.commit(doc.sink, document)
-        report.ingested.append(str(doc.path))
+        report.ingested.append(doc.source)
 
     def fail(doc: _Doc, reason: str) -> None:
         nonlocal buffered
@@ -301,9 +327,9 @@ def ingest(
         doc.sink.abort()
         buffered -= len(doc.pending)
         doc.pending.clear()
-        report.failed[str(doc.path)] = reason
-        writer.fail(str(doc.path), reason)
-        show.print(f"failed {doc.path}: {reason}")
+        report.failed[doc.source] = reason
+        writer.fail(doc.source, reason)
+        show.print(f"failed {doc.source}: {reason}")
 
     limit = 2 * workers + 2
     make_pool = lambda: ProcessPoolExecutor(  # noqa: E731
@@ -325,7 +351,8 @@ def ingest(
         elif doc.kind == "video":
             fn, args = frames_table, (str(doc.path), doc.doc_id, doc.meta, start, stop, opts.video, budget)
         else:
-            fn, args = html_table, (str(doc.path), doc.doc_id, opts.html, budget)
+            url = doc.source if doc.source != str(doc.path) else None
+            fn, args = html_table, (str(doc.path), doc.doc_id, opts.html, budget, url)
         return pool.submit(fn, *args) if pool else _run_inline(fn, *args)
 
     def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:

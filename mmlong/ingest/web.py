@@ -181,10 +181,14 @@ def _encode(image, opts: HtmlOptions) -> bytes:
     return buf.getvalue()
 
 
-def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions) -> tuple[bytes | None, str]:
-    """Image bytes for `src`, or None and why not."""
+def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions, base_url: str | None = None
+                ) -> tuple[bytes | None, str]:
+    """Image bytes for `src`, or None and why not. A page fetched from `base_url` resolves
+    relative sources against it."""
     if src in inline:
         src = inline[src]
+    elif base_url and not src.startswith("data:"):
+        src = urljoin(base_url, src)
     if src.startswith("data:"):
         try:
             return base64.b64decode(src.split(",", 1)[1]), ""
@@ -214,8 +218,10 @@ def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions)
     return target.read_bytes(), ""
 
 
-def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], tokenizer=None) -> tuple[list[Item], dict[str, Any]]:
-    """Items of one saved page (interleaved mode) and its metadata (title, warnings)."""
+def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], base_url: str | None = None,
+               tokenizer=None) -> tuple[list[Item], dict[str, Any]]:
+    """Items of one page (interleaved mode) and its metadata (title, warnings); `base_url`
+    for a page fetched from the network."""
     from PIL import Image, UnidentifiedImageError
 
     html, warnings = read_html(path, opts)
@@ -240,7 +246,7 @@ def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], tokenizer
         if tag != "img":
             items.append(Item(TEXT, text=value, tokens=tk.text_tokens(value, tok), meta={"tag": tag}))
             continue
-        data, why = _load_image(value, path, inline, opts)
+        data, why = _load_image(value, path, inline, opts, base_url)
         if data is None:
             warnings.append(why)
             continue
@@ -272,8 +278,10 @@ def find_chromium() -> str:
     raise IngestError("screenshot mode needs Chromium: apt-get install chromium-headless-shell (or chromium)")
 
 
-def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int]) -> tuple[list[Item], dict[str, Any]]:
-    """Full-page screenshot tiles of one page, every request through the allow-list."""
+def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], base_url: str | None = None
+                     ) -> tuple[list[Item], dict[str, Any]]:
+    """Full-page screenshot tiles of one page (or of `base_url`, whose fetch needed the
+    network allowed), every request through the allow-list."""
     try:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
@@ -309,7 +317,7 @@ def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int]) -> 
                                               service_workers="block")
                 context.route("**/*", route)
                 page = context.new_page()
-                page.goto(path.resolve().as_uri(), wait_until="load", timeout=opts.timeout * 1000)
+                page.goto(base_url or path.resolve().as_uri(), wait_until="load", timeout=opts.timeout * 1000)
                 png = page.screenshot(full_page=True, timeout=opts.timeout * 1000)
             finally:
                 browser.close()
@@ -326,12 +334,13 @@ def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int]) -> 
     return items, {"screenshot": [shot.width, shot.height], "blocked": blocked}
 
 
-def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tuple[int, int]):
-    """(items table, page metadata) of one page, built in the worker."""
+def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tuple[int, int], url: str | None = None):
+    """(items table, page metadata) of one page, built in the worker; `url` for a page
+    fetched from the network (its items name the URL as their source)."""
     from mmlong.schema import items_table
 
-    items, meta = (screenshot_items if opts.mode == "screenshot" else page_items)(Path(path), opts, budget)
+    items, meta = (screenshot_items if opts.mode == "screenshot" else page_items)(Path(path), opts, budget, url)
     if not items:
         why = f" ({'; '.join(meta['warnings'][:3])})" if meta.get("warnings") else ""
         raise IngestError(f"no content: the page has no text or images{why}")
-    return items_table(doc_id, path, items), meta
+    return items_table(doc_id, url or path, items), meta
