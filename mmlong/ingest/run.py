@@ -7,8 +7,6 @@ Memory stays bounded whatever the document size: at most `2 * workers + 2` chunk
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import multiprocessing
 import os
 import time
@@ -23,9 +21,10 @@ from typing import Any
 import pyarrow as pa
 
 from mmlong import tokens as tk
-from mmlong.ingest.pdf import IngestError, PdfOptions, check_pdf, pages_table
-from mmlong.ingest.video import VIDEO_SUFFIXES, Segmenter, VideoOptions, check_video, frames_table
-from mmlong.ingest.web import HTML_SUFFIXES, HtmlOptions, html_table, read_html
+from mmlong.ingest.inputs import check_input, expand_inputs, fetch_page, file_sha256, kind_of
+from mmlong.ingest.pdf import IngestError, PdfOptions, pages_table
+from mmlong.ingest.video import Segmenter, VideoOptions, frames_table
+from mmlong.ingest.web import HtmlOptions, html_table
 from mmlong.presets import load_preset
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
@@ -91,77 +90,6 @@ class IngestReport:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def expand_inputs(paths: list[str]) -> tuple[list[Path | str], dict[str, str]]:
-    """Files named by `paths` (files; folders, searched recursively for PDFs, videos and HTML;
-    globs) and http(s) URLs, in order and without repeats, and the inputs that named nothing."""
-    found: list[Path | str] = []
-    missing: dict[str, str] = {}
-    for p in paths:
-        path = Path(p)
-        if p.startswith(("http://", "https://")):
-            found.append(p)
-        elif path.is_dir():
-            found += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in {".pdf"} | VIDEO_SUFFIXES | HTML_SUFFIXES)
-        elif path.exists():
-            found.append(path)
-        elif glob.has_magic(p):
-            matches = sorted(Path(m) for m in glob.glob(p, recursive=True))
-            found += [m for m in matches if m.is_file()]
-            if not matches:
-                missing[p] = "pattern matched no file"
-        else:
-            missing[p] = "no such file or folder"
-    seen: set[Path | str] = set()
-    unique: list[Path | str] = []
-    for f in found:
-        if (r := f if isinstance(f, str) else f.resolve()) not in seen:
-            seen.add(r)
-            unique.append(r)
-    return unique, missing
-
-
-def fetch_page(url: str, folder: Path, opts: HtmlOptions) -> Path:
-    """Download a webpage (network allowed) into `folder`; IngestError with the reason."""
-    import requests
-
-    if not opts.allow_network:
-        raise IngestError("a URL needs --allow-network (network access is off)")
-    try:
-        r = requests.get(url, timeout=opts.timeout, stream=True)
-        r.raise_for_status()
-        data = r.raw.read(opts.max_bytes + 1, decode_content=True)
-    except requests.RequestException as e:
-        raise IngestError(f"cannot fetch the page: {type(e).__name__}: {e}") from None
-    if len(data) > opts.max_bytes:
-        raise IngestError(f"page too large (> {opts.max_bytes / 1e6:.0f} MB)")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.html"
-    path.write_bytes(data)
-    return path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def kind_of(path: Path) -> str:
-    suffix = path.suffix.lower()
-    return "video" if suffix in VIDEO_SUFFIXES else "html" if suffix in HTML_SUFFIXES else "pdf"
-
-
-def _check(path: Path, kind: str, opts: IngestOptions) -> dict[str, Any]:
-    if kind == "pdf":
-        return check_pdf(path)
-    if kind == "video":
-        return check_video(path, opts.video)
-    _, warnings = read_html(path, opts.html)
-    return {"warnings": warnings}
 
 
 @dataclass
@@ -251,8 +179,8 @@ def ingest(
     are skipped, reported on one line each and recorded in out/failures.json."""
     opts = options or IngestOptions.from_preset(preset)
     workers = workers or len(os.sched_getaffinity(0))
-    if chunk_pages < 1:
-        raise ValueError(f"chunk_pages must be >= 1, got {chunk_pages}")
+    if chunk_pages < 1 or chunk_frames < 1:
+        raise ValueError(f"chunk_pages and chunk_frames must be >= 1, got {chunk_pages}, {chunk_frames}")
     options_dict = asdict(opts)
     writer = DatasetWriter(Path(out), options_dict)
     report = IngestReport(out=Path(out))
@@ -287,7 +215,7 @@ def ingest(
                     show.print(f"skipped {source}: same content as {seen}")
                 return True
             kind = "html" if source.startswith(("http://", "https://")) else kind_of(path)
-            meta = _check(path, kind, opts)
+            meta = check_input(path, kind, opts)
         except (IngestError, OSError) as e:
             report.failed[source] = str(e)
             writer.fail(source, str(e))

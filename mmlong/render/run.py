@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.ingest.run import TokenBudget, expand_inputs
+from mmlong.ingest.inputs import expand_inputs
+from mmlong.ingest.run import TokenBudget
 from mmlong.presets import load_preset
 from mmlong.render.glyph import RenderConfig, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
