@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RECIPES_ENV = "MMLONG_RECIPES"
 
@@ -36,3 +38,13 @@ def load_preset(group: str, name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a preset must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def build(cls: type[T], data: dict[str, Any], what: str) -> T:
+    """A settings dataclass from a preset section; unknown keys are an error that lists the
+    known ones (a preset's `description` is ignored)."""
+    names = set(cls.__dataclass_fields__)
+    unknown = set(data) - names - {"description"}
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**{k: v for k, v in data.items() if k in names})

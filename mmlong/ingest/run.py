@@ -25,7 +25,7 @@ from mmlong.ingest.inputs import check_input, expand_inputs, fetch_page, file_sh
 from mmlong.ingest.pdf import IngestError, PdfOptions, pages_table
 from mmlong.ingest.video import Segmenter, VideoOptions, frames_table
 from mmlong.ingest.web import HtmlOptions, html_table
-from mmlong.presets import load_preset
+from mmlong.presets import build, load_preset
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
@@ -53,11 +53,11 @@ class IngestOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IngestOptions:
-        unknown = set(data) - {f.name for f in fields(cls)} - {"description"}
+        sections = {f.name: f.default_factory for f in fields(cls)}  # each section's class
+        unknown = set(data) - set(sections) - {"description"}
         if unknown:
             raise ValueError(f"unknown ingest option section(s): {sorted(unknown)}")
-        return cls(pdf=_build(PdfOptions, data.get("pdf") or {}), video=_build(VideoOptions, data.get("video") or {}),
-                   html=_build(HtmlOptions, data.get("html") or {}), tokens=_build(TokenBudget, data.get("tokens") or {}))
+        return cls(**{name: build(section, data.get(name) or {}, name) for name, section in sections.items()})
 
     @classmethod
     def from_preset(cls, preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> IngestOptions:
@@ -65,14 +65,6 @@ class IngestOptions:
         for section, values in (overrides or {}).items():
             data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
         return cls.from_dict(data)
-
-
-def _build(cls, values: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s) {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**values)
 
 
 @dataclass

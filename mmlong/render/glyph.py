@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import io
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,9 @@ class RenderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names - {"description"}
-        if unknown:
-            raise ValueError(f"unknown render option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        from mmlong.presets import build
+
+        return build(cls, data, "render")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

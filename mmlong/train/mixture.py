@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mmlong.presets import build
 from mmlong.schema import Document
 from mmlong.store import atomic_write_text, iter_documents
 from mmlong.train.packing import pack
@@ -56,11 +57,7 @@ class MixtureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MixtureSpec:
-        names = set(cls.__dataclass_fields__)
-        unknown = set(data) - names - {"description"}
-        if unknown:
-            raise ValueError(f"unknown mixture option(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return build(cls, data, "mixture")
 
     def weights(self) -> list[float]:
         w = self.bin_weights or ([1.0] * len(self.bins) if self.mode == "balanced" else [2.0**i for i in range(len(self.bins))])
