@@ -166,8 +166,8 @@ def ingest(
     progress: bool = True,
     chunk_frames: int = 32,
 ) -> IngestReport:
-    """Ingest the files, folders and globs in `paths` into the dataset at `out` (created, or
-    resumed: documents already there are skipped). `options` overrides the preset. Bad inputs
+    """Ingest the files, folders, globs and (with html.allow_network) URLs in `paths` into the
+    dataset at `out` (created, or resumed: documents already there are skipped). `options` overrides the preset. Bad inputs
     are skipped, reported on one line each and recorded in out/failures.json."""
     opts = options or IngestOptions.from_preset(preset)
     workers = workers or len(os.sched_getaffinity(0))
