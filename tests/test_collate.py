@@ -6,7 +6,6 @@ fit) is saved with save_pretrained and loaded back through from_pretrained.
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch

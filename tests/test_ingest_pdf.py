@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pymupdf
 import pytest
 from PIL import Image
 
@@ -20,7 +19,6 @@ from mmlong import store
 from mmlong import tokens as tk
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.pdf import PdfOptions, reading_order
-from mmlong.ingest.run import TokenBudget
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT
 from tests.conftest import LOREM, ROOT, two_column_pdf, write_pdf
 

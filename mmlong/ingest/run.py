@@ -111,7 +111,8 @@ def _worker_init() -> None:
     tk.load_tokenizer()
 
 
-def _run_inline(fn: Callable, *args) -> Future:
+def run_inline(fn: Callable, *args) -> Future:
+    """`fn(*args)` run here, as a completed Future (the one-process path of a pool loop)."""
     fut: Future = Future()
     try:
         fut.set_result(fn(*args))
@@ -273,7 +274,7 @@ def ingest(
         else:
             url = doc.source if doc.source != str(doc.path) else None
             fn, args = html_table, (str(doc.path), doc.doc_id, opts.html, budget, url)
-        return pool.submit(fn, *args) if pool else _run_inline(fn, *args)
+        return pool.submit(fn, *args) if pool else run_inline(fn, *args)
 
     def restart_after_crash(crashed: list[tuple[_Doc, int]]) -> None:
         """A worker died (a MuPDF crash or out of memory) and took the pool with it: retry every

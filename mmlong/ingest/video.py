@@ -12,7 +12,6 @@ the length of the video.
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
+from mmlong.imaging import encode_pixels
 from mmlong.ingest.pdf import IngestError
 from mmlong.schema import TEXT, VIDEO_FRAME, Item
 
@@ -283,18 +283,6 @@ def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int],
     return list(_read_pyav(path, wanted, fps, size, opts.seek_after))
 
 
-def _encode(rgb, opts: VideoOptions) -> bytes:
-    if opts.image_format == "jpeg":
-        import simplejpeg
-
-        return simplejpeg.encode_jpeg(rgb, quality=opts.quality, colorspace="RGB")
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: VideoOptions, budget: tuple[int, int],
                  tokenizer=None) -> list[Item]:
     """Items of planned frames [start, stop): each frame (after its "<HH:MM:SS>" marker), then
@@ -321,7 +309,7 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
         if opts.time_markers:
             marker = _hms(t)
             items.append(Item(TEXT, text=marker, timestamp=t, tokens=tk.text_tokens(marker, tok), meta={"marker": True}))
-        items.append(Item(VIDEO_FRAME, image=_encode(rgb, opts), image_format=opts.image_format, width=size[1],
+        items.append(Item(VIDEO_FRAME, image=encode_pixels(rgb, opts.image_format, opts.quality), image_format=opts.image_format, width=size[1],
                           height=size[0], timestamp=round(t, 3), tokens=frame_tokens,
                           meta={"frame": index, "diff": round(diff, 4)}))
         pos = start + k

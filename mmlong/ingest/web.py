@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 from mmlong import tokens as tk
+from mmlong.imaging import encode_pixels
 from mmlong.ingest.pdf import IngestError
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
 
@@ -173,12 +174,9 @@ def _main_blocks(html: str) -> list[tuple[str, Any]] | None:
 
 
 def _encode(image, opts: HtmlOptions) -> bytes:
-    buf = io.BytesIO()
-    if opts.image_format == "jpeg":
-        image.convert("RGB").save(buf, "JPEG", quality=opts.quality)
-    else:
-        image.save(buf, "PNG")
-    return buf.getvalue()
+    import numpy as np
+
+    return encode_pixels(np.asarray(image.convert("RGB")), opts.image_format, opts.quality)
 
 
 def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions, base_url: str | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
+from mmlong.imaging import encode_pixels, pixmap_array
 
 FONT_DIR = Path(__file__).with_name("fonts")
 FONTS = {
@@ -237,18 +238,9 @@ def render_text(text: str, cfg: RenderConfig, budget: tuple[int, int] = (tk.IMAG
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom * cfg.hscale, zoom), colorspace=colorspace, alpha=False, clip=clip)
         if tint:
             pix.tint_with(int(cfg.color[1:], 16), int(cfg.background[1:], 16))
-        data = pix.tobytes("png") if cfg.image_format == "png" else _jpeg(pix)
+        data = pix.tobytes("png") if cfg.image_format == "png" else encode_pixels(pixmap_array(pix), "jpeg", 95)
         pages.append(RenderedPage(data, pix.width, pix.height, tk.image_tokens(pix.height, pix.width, *budget)))
     return pages
-
-
-def _jpeg(pix) -> bytes:
-    import numpy as np
-    import simplejpeg
-
-    a = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.stride)[:, : pix.width * pix.n]
-    a = a.reshape(pix.height, pix.width, pix.n)
-    return simplejpeg.encode_jpeg(a, quality=95, colorspace="GRAY" if pix.n == 1 else "RGB")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.ingest.inputs import expand_inputs
-from mmlong.ingest.run import TokenBudget
+from mmlong.ingest.run import TokenBudget, run_inline
 from mmlong.presets import load_preset
 from mmlong.render.glyph import RenderConfig, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
@@ -159,12 +159,7 @@ def render(
                     continue
                 args = (text, cfg, (budget.min_pixels, budget.max_pixels), ocr)
                 if pool is None:
-                    fut: Future = Future()
-                    try:
-                        fut.set_result(_render_one(*args))
-                    except Exception as e:
-                        fut.set_exception(e)
-                    collect(fut, doc_id, source, kind, text)
+                    collect(run_inline(_render_one, *args), doc_id, source, kind, text)
                     continue
                 inflight[pool.submit(_render_one, *args)] = (doc_id, source, kind, text)
                 if len(inflight) >= 2 * workers:
