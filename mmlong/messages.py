@@ -153,6 +153,22 @@ def element_tokens(
     return tk.image_tokens(h, w, processor_min_pixels, processor_max_pixels)
 
 
+def image_element_tokens(
+    element: dict[str, Any],
+    image_tokens: dict[str, int] | None = None,
+    processor_min_pixels: int = tk.IMAGE_MIN_PIXELS,
+    processor_max_pixels: int = tk.IMAGE_MAX_PIXELS,
+) -> int:
+    """Tokens of an image element: the stored count of an `mmlong://` reference (from
+    `image_tokens`), else the element sized as qwen-vl-utils and the processor size it."""
+    value = element.get("image")
+    if isinstance(value, str) and value.startswith(REF_SCHEME):
+        if image_tokens is None or value not in image_tokens:
+            raise ValueError(f"{value}: pass its token count in image_tokens")
+        return image_tokens[value]
+    return element_tokens(element, processor_min_pixels, processor_max_pixels)
+
+
 def conversation_tokens(
     messages: list[dict[str, Any]],
     tokenizer=None,
@@ -173,13 +189,7 @@ def conversation_tokens(
             if element.get("type") == "video" or "video" in element:
                 raise ValueError("conversation_tokens counts text and images; size videos with mmlong.tokens.plan_video")
             if element.get("type") == "image" or "image" in element or "image_url" in element:
-                value = element.get("image")
-                if isinstance(value, str) and value.startswith(REF_SCHEME):
-                    if image_tokens is None or value not in image_tokens:
-                        raise ValueError(f"{value}: pass its token count in image_tokens")
-                    total += image_tokens[value] - 1
-                else:
-                    total += element_tokens(element, processor_min_pixels, processor_max_pixels) - 1
+                total += image_element_tokens(element, image_tokens, processor_min_pixels, processor_max_pixels) - 1
     return total
 
 

@@ -178,7 +178,7 @@ def _question(spec: NeedleSpec, keys: list[str], values: list[str]) -> tuple[str
 def needle_offsets(sample, doc: Document, tokenizer=None) -> list[int]:
     """Exact token offsets of the needles in the model input of `sample` (built from `doc`):
     text needles where their tokens start, image needles at their <|vision_start|>."""
-    from mmlong.messages import element_tokens, render_chat
+    from mmlong.messages import image_element_tokens, render_chat
     from mmlong.train.samples import image_tokens
 
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
@@ -186,7 +186,7 @@ def needle_offsets(sample, doc: Document, tokenizer=None) -> list[int]:
     pad, start = tok.token_to_id("<|image_pad|>"), tok.token_to_id("<|vision_start|>")
     counts = image_tokens(doc)
     elements = [e for m in sample.messages if not isinstance(m["content"], str) for e in m["content"] if e["type"] == "image"]
-    sizes = [counts[e["image"]] if e["image"] in counts else element_tokens(e) for e in elements]
+    sizes = [image_element_tokens(e, counts) for e in elements]
     expanded, k = [], 0  # the token ids with every image pad expanded
     for t in ids:
         if t == pad:
