@@ -229,7 +229,7 @@ def build_needle_sample(items: list[Item], spec: NeedleSpec, rng: random.Random,
 
 
 RESERVE = 256
-"""Tokens kept free of haystack for the chat template, question and answer."""
+"""Tokens first kept free of haystack for the chat template, question and answer."""
 
 
 def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[float], variants: list[str],
@@ -259,11 +259,19 @@ def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[floa
     samples = []
     for length, depth, variant in itertools.product(lengths, depths, variants):
         spec = NeedleSpec(variant, modality, depth, length, count)
-        needle_cost = spec.count * (96 if modality != "text" else 24)
         start = rng.randrange(len(docs))
         cycle = itertools.islice(itertools.cycle(docs[start:] + docs[:start]), 10_000)
-        items = haystack(cycle, length - RESERVE - needle_cost)
-        sample, _ = build_needle_sample(items, spec, rng, dataset, budget, tok)
+        items = haystack(cycle, length - RESERVE)
+        needles_seed = rng.getrandbits(64)
+        while True:  # the sample (haystack, needles, question) must fit the length: shed items until it does
+            sample, _ = build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
+            excess = sample.total_tokens - length
+            if excess <= 0:
+                break
+            if not items:
+                raise ValueError(f"needles, question and answer alone exceed {length} tokens")
+            while excess > 0 and items:
+                excess -= items.pop().tokens
         samples.append(sample)
     write_samples(samples, Path(out) / "samples.parquet")
     summary = {"dataset": dataset, "samples": len(samples), "modality": modality,

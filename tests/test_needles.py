@@ -78,10 +78,11 @@ def test_image_needles(dataset):  # noqa: F811
     assert len(stars) == 3 and qa.answer == 3 and red[0] > 200 and red[1] < 60
 
 
-def _video_dataset(root):
+def _video_dataset(root, size=(336, 196)):
     w = store.DatasetWriter(root, {"video": {"fps": 1}})
-    frames = [Item(VIDEO_FRAME, image=png_bytes(336, 196, (i * 9 % 256, 80, 80)), image_format="png", width=336, height=196,
-                   timestamp=float(i), tokens=tk.image_tokens(196, 336)) for i in range(40)]
+    fw, fh = size
+    frames = [Item(VIDEO_FRAME, image=png_bytes(fw, fh, (i * 9 % 256, 80, 80)), image_format="png", width=fw, height=fh,
+                   timestamp=float(i), tokens=tk.image_tokens(fh, fw)) for i in range(40)]
     sink = w.open("video0000", "/data/clip.mp4")
     sink.write(frames)
     w.commit(sink, Document("video0000", "/data/clip.mp4", "video", "0" * 64))
@@ -100,6 +101,17 @@ def test_video_needle_frame(tmp_path):
     assert abs(pos / len(out) - 0.5) < 0.1 and isinstance(qa.answer, int)
     with pytest.raises(ValueError, match="video frames"):
         insert_needles([Item(TEXT, text="x", tokens=1)], NeedleSpec("single", "video"), random.Random(0))
+
+
+def test_needle_samples_never_exceed_their_length(tmp_path):
+    """Large needle frames (644x364: 299 tokens each) still fit: the haystack gives way."""
+    root = _video_dataset(tmp_path / "video", size=(644, 364))
+    needle_dataset(str(root), str(tmp_path / "n"), [3000, 5000], [0.0, 1.0], ["count"], modality="video", count=3)
+    samples = read_samples(tmp_path / "n" / "samples.parquet")
+    assert len(samples) == 4
+    for s in samples:
+        assert s.extra["target_tokens"] - 700 < s.total_tokens <= s.extra["target_tokens"]
+        assert len(s.extra["needle_offsets"]) == 3
 
 
 def test_webpage_haystack(tmp_path):
