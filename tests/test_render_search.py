@@ -54,6 +54,16 @@ def test_search_is_reproducible_and_respects_the_floor():
     assert [e.genes for e in other.evaluations] != [e.genes for e in a.evaluations]
 
 
+def test_impossible_combinations_are_skipped_from_the_first_generation():
+    """Margins of 250 pt fit an A4 page but not an A5 one: half the space is no config."""
+    space = {"page_size": ["A4", "A5"], "margins": [200, 250, 50], "font_size": [7, 12, 1]}
+    result = search(TEXT, pixel_scorer, space, SearchSettings(floor=0.1, population=6, budget=12, seed=5))
+    assert len(result.evaluations) == 12
+    assert all(e.genes["page_size"] == "A4" or e.genes["margins"] == 200 for e in result.evaluations)
+    with pytest.raises(ValueError, match="no gene combination"):
+        search(TEXT, pixel_scorer, {"page_size": ["A5"], "margins": [250, 300, 50]}, SearchSettings(population=3, budget=3))
+
+
 def test_results_are_presets_and_a_plot(tmp_path):
     settings = SearchSettings(floor=0.8, population=4, budget=8, seed=0, top=2)
     result = search(TEXT, pixel_scorer, SPACE, settings)

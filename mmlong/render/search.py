@@ -128,10 +128,15 @@ def search(
     result = SearchResult()
     seen: dict[str, Evaluation] = {}
 
-    def evaluate(genes: dict, generation: int) -> Evaluation:
+    def evaluate(genes: dict, generation: int) -> Evaluation | None:
+        """The evaluation of `genes`, None when they make no valid config (margins too wide
+        for the page, ...)."""
         key = json.dumps(genes, sort_keys=True)
         if key not in seen:
-            cfg = to_config(genes, base)
+            try:
+                cfg = to_config(genes, base)
+            except ValueError:
+                return None
             pages = render_text(text, cfg, budget_pixels)
             ratio = compression(text, pages).ratio
             legible = float(score(text, pages))
@@ -144,7 +149,14 @@ def search(
     def tournament(pool: list[Evaluation]) -> Evaluation:
         return max(rng.sample(pool, min(settings.tournament, len(pool))), key=Evaluation.key)
 
-    population = [evaluate({k: rng.choice(v) for k, v in space.items()}, 0) for _ in range(settings.population)]
+    population: list[Evaluation] = []
+    for _ in range(50 * settings.population):
+        if len(population) == settings.population:
+            break
+        if (e := evaluate({k: rng.choice(v) for k, v in space.items()}, 0)) is not None:
+            population.append(e)
+    if not population:
+        raise ValueError("no gene combination of the search space makes a valid render config")
     generation = 0
     while len(result.evaluations) < settings.budget:
         generation += 1
@@ -156,11 +168,8 @@ def search(
             a, b = tournament(population), tournament(population)
             genes = ({k: rng.choice([a.genes[k], b.genes[k]]) for k in space} if rng.random() < settings.crossover
                      else dict(a.genes))
-            genes = _mutate(genes, space, settings.mutation, rng)
-            try:
-                nxt.append(evaluate(genes, generation))
-            except ValueError:  # an impossible combination (margins too wide for the page...)
-                continue
+            if (e := evaluate(_mutate(genes, space, settings.mutation, rng), generation)) is not None:
+                nxt.append(e)
         if attempts >= 50 * settings.population:
             break  # the space is exhausted
         population = nxt
