@@ -90,6 +90,13 @@ def _staging(root: Path) -> Path:
     return path
 
 
+def atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write `table` as Parquet to `path` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    _fsync_replace(tmp, path)
+
+
 def _write_table(root: Path, table: pa.Table, dest: Path) -> None:
     tmp = _staging(root) / f"{dest.parent.name}-{dest.name}.{os.getpid()}.tmp"
     pq.write_table(table, tmp, row_group_size=ROW_GROUP_ITEMS)

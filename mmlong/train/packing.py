@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from mmlong.store import atomic_write_table
 
 PACKS_SCHEMA = pa.schema(
     [
@@ -51,9 +52,7 @@ class Packed:
             offsets = [sum(lengths[:k]) for k in range(len(lengths))]
             rows.append({"window": i, "sample_ids": [s for s, _ in window], "offsets": offsets, "lengths": lengths,
                          "used": sum(lengths)})
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=PACKS_SCHEMA), tmp)
-        tmp.replace(path)
+        atomic_write_table(pa.Table.from_pylist(rows, schema=PACKS_SCHEMA), path)
 
 
 def pack(samples: list[tuple[str, int]], max_length: int) -> Packed:

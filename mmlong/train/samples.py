@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from mmlong import tokens as tk
 from mmlong.messages import conversation_tokens, item_ref, to_messages
 from mmlong.schema import Document
-from mmlong.store import atomic_write_text, iter_documents
+from mmlong.store import atomic_write_table, atomic_write_text, iter_documents
 from mmlong.train.qa import QA, Segment, TemplateWriter, Writer, sample_segment
 
 SAMPLES_SCHEMA = pa.schema(
@@ -122,9 +122,7 @@ def build_sample(doc: Document, qa: QA, dataset: str, writer: str, segment: Segm
 def write_samples(samples: list[Sample], path: Path) -> Path:
     """Write samples to one Parquet file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist([s.row() for s in samples], schema=SAMPLES_SCHEMA), tmp)
-    tmp.replace(path)
+    atomic_write_table(pa.Table.from_pylist([s.row() for s in samples], schema=SAMPLES_SCHEMA), path)
     return path
 
 
