@@ -55,16 +55,17 @@ class RenderReport:
         return not self.failed
 
 
-def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str]]:
-    """(doc_id, source, kind, text) of every input: text files, folders of them, or datasets
-    (their documents' text items joined by blank lines). An input that cannot be read yields
-    an empty doc_id and the reason in place of the text."""
+def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str, str]]:
+    """(doc_id, sha256 of the text, source, kind, text) of every input: text files, folders of
+    them, or datasets (their documents' text items joined by blank lines). An input that
+    cannot be read yields an empty doc_id and the reason in place of the text."""
     plain: list[str] = []
     for p in paths:
         if Path(p).is_dir() and is_dataset(Path(p)):
             for doc in iter_documents(Path(p), images=False):
                 text = "\n\n".join(it.text for it in doc.items if it.kind == TEXT and it.text)
-                yield doc.doc_id, f"{Path(p).resolve()}#{doc.doc_id}", doc.kind, text
+                sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+                yield doc.doc_id, sha, f"{Path(p).resolve()}#{doc.doc_id}", doc.kind, text
         elif Path(p).is_dir():
             datasets = {m.parent for m in Path(p).rglob("manifest.json") if is_dataset(m.parent)}
             plain += [str(f) for f in sorted(Path(p).rglob("*")) if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
@@ -73,15 +74,16 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str]]:
             plain.append(p)
     files, missing = expand_inputs(plain)
     for p, reason in missing.items():
-        yield "", p, "text", reason
+        yield "", "", p, "text", reason
     for f in files:
         data = f.read_bytes()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield "", str(f), "text", f"not UTF-8 text ({e.reason} at byte {e.start})"
+            yield "", "", str(f), "text", f"not UTF-8 text ({e.reason} at byte {e.start})"
             continue
-        yield hashlib.sha256(data).hexdigest()[:16], str(f), "text", text
+        sha = hashlib.sha256(data).hexdigest()
+        yield sha[:16], sha, str(f), "text", text
 
 
 def _render_one(text: str, cfg: RenderConfig, budget: tuple[int, int], ocr: str | None):
@@ -126,7 +128,7 @@ def render(
     bar = Progress(console=console, disable=not progress)
     task = bar.add_task("render", total=None)
 
-    def collect(fut: Future, doc_id: str, source: str, kind: str, text: str) -> None:
+    def collect(fut: Future, doc_id: str, sha: str, source: str, kind: str) -> None:
         try:
             pages, text_tokens, legible = fut.result()
         except Exception as e:
@@ -141,14 +143,13 @@ def render(
         meta = {"source_kind": kind, "source_text_tokens": text_tokens, "compression_ratio": round(done.ratio, 4)}
         if legible is not None:
             meta["legibility"] = round(legible, 4)
-        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         writer.commit(sink, Document(doc_id, source, RENDERED_TEXT, sha, len(pages), options=options, metadata=meta))
         report.documents.append(done)
         bar.advance(task)
 
     try:
         with bar:
-            for doc_id, source, kind, text in sources:
+            for doc_id, sha, source, kind, text in sources:
                 if not doc_id:
                     report.failed[source] = text
                     writer.fail(source, text)
@@ -159,9 +160,9 @@ def render(
                     continue
                 args = (text, cfg, (budget.min_pixels, budget.max_pixels), ocr)
                 if pool is None:
-                    collect(run_inline(_render_one, *args), doc_id, source, kind, text)
+                    collect(run_inline(_render_one, *args), doc_id, sha, source, kind)
                     continue
-                inflight[pool.submit(_render_one, *args)] = (doc_id, source, kind, text)
+                inflight[pool.submit(_render_one, *args)] = (doc_id, sha, source, kind)
                 if len(inflight) >= 2 * workers:
                     done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                     for f in done:
