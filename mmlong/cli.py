@@ -51,8 +51,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from mmlong.report import print_summary, summarize, write_html
-    from mmlong.store import read_manifest
+    from mmlong.report import print_summary, write_html
+    from mmlong.store import read_manifest, summarize
 
     read_manifest(Path(args.dataset))
     summary = summarize(Path(args.dataset))
@@ -67,14 +67,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from mmlong.ingest.run import TokenBudget
     from mmlong.presets import load_preset
     from mmlong.render.glyph import RenderConfig
     from mmlong.render.run import print_report, render
+    from mmlong.tokens import PixelBudget
 
     data = load_preset("render", args.preset)
     data.update({k: v for k, v in {"dpi": args.dpi, "font_size": args.font_size, "format": args.format}.items() if v is not None})
-    budget = TokenBudget(args.token_min_pixels, args.token_max_pixels)
+    budget = PixelBudget(args.token_min_pixels, args.token_max_pixels)
     report = render(args.paths, args.out, config=RenderConfig.from_dict(data), budget=budget, ocr=args.ocr,
                     workers=args.workers, progress=not args.no_progress)
     print_report(report)
@@ -105,11 +105,11 @@ def cmd_render_search(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from mmlong.train.qa import TemplateWriter
-    from mmlong.train.samples import synth
+    from mmlong.synthesis.run import synth
+    from mmlong.synthesis.template import TemplateWriter
 
     if args.writer == "llm":
-        from mmlong.train.llm import LlmWriter
+        from mmlong.synthesis.llm import LlmWriter
 
         writer = LlmWriter(base_url=args.llm_base_url, model=args.llm_model, api_key_env=args.llm_key_env,
                            cache_dir=Path(args.out) / "llm-cache", unanswerable_rate=args.unanswerable)
@@ -123,8 +123,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     from mmlong.presets import load_preset
-    from mmlong.train.mixture import MixtureSpec, run_mix
-    from mmlong.train.samples import read_samples
+    from mmlong.mixtures.mix import MixtureSpec, run_mix
+    from mmlong.samples import read_samples
 
     data = load_preset("train", args.recipe)
     data.update({k: v for k, v in {"samples": args.samples, "seed": args.seed, "max_length": args.max_length}.items() if v is not None})
@@ -142,10 +142,10 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_needles(args: argparse.Namespace) -> int:
-    from mmlong.needles import needle_dataset
+    from mmlong.synthesis.needles import needle_dataset
 
     summary = needle_dataset(args.dataset, args.out, args.lengths, [d / 100 for d in args.depths], args.variants,
-                             args.modality, args.count, args.seed)
+                             args.modality, args.count, args.seed, args.unit, args.strip_digits)
     print(json.dumps(summary, indent=2))
     print(f"samples: {Path(args.out).resolve() / 'samples.parquet'}")
     return 0
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["single", "multi-key", "multi-value", "multi-query", "count", "sum"])
     p.add_argument("--modality", choices=["text", "image", "video"], default="text")
     p.add_argument("--count", type=int, default=4, help="needles of the multi, count and sum variants")
+    p.add_argument("--unit", choices=["sentence", "item"], default="sentence",
+                   help="haystack text in sentences (fills short lengths) or whole items")
+    p.add_argument("--strip-digits", action="store_true", help="remove digits from the haystack text (RULER)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_needles)
     return parser
@@ -255,9 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mmlong.ingest.pdf import IngestError
+    from mmlong.errors import DatasetError, IngestError
     from mmlong.render.ocr import OcrUnavailable
-    from mmlong.store import DatasetError
     from mmlong.tokens import TokenizerNotFound
 
     try:

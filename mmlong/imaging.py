@@ -11,6 +11,17 @@ import io
 import numpy as np
 
 FORMATS = ("jpeg", "png", "webp")
+DEFAULT_FORMAT = "jpeg"
+DEFAULT_QUALITY = 90
+
+
+def check_encoding(what: str, image_format: str, quality: int) -> None:
+    """The one check of the image-format settings every source's options carry
+    (`image_format`, `quality`); ValueError naming the option group `what`."""
+    if image_format not in FORMATS:
+        raise ValueError(f"{what} image_format must be one of {FORMATS}, got {image_format!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"{what} quality must be in 1..100, got {quality}")
 
 
 def pixmap_array(pix) -> np.ndarray:

@@ -68,49 +68,42 @@ def _payload(image: bytes | None, fmt: str, image_as: str, ref: str | None):
     raise ValueError(f"image_as must be 'pil', 'data-uri' or 'ref', got {image_as!r}")
 
 
+def shown(doc: Document, pages: set[int] | None = None) -> list[int]:
+    """Sequence numbers of the items `to_messages` shows: all of them, or those on `pages`."""
+    return [seq for seq, item in enumerate(doc.items)
+            if (pages is None or item.page in pages) and (item.is_image or item.text)]
+
+
 def to_messages(
     doc: Document,
     question: str | None = None,
     answer: str | None = None,
     system: str | None = None,
-    min_pixels: int = tk.IMAGE_MIN_PIXELS,
-    max_pixels: int = tk.IMAGE_MAX_PIXELS,
+    budget: tk.PixelBudget = tk.DEFAULT_BUDGET,
     pages: set[int] | None = None,
     image_as: str = "pil",
 ) -> list[dict[str, Any]]:
     """Chat messages showing `doc` (its items in order; only `pages` if given, 0-based), then
-    `question`, in one user turn; `answer` becomes the assistant turn. Adjacent text items are
-    joined with a newline. Images carry min/max pixels so qwen-vl-utils resizes them to the
-    budget the token counts assume; with image_as="ref" they are `mmlong://doc_id/seq`
-    references to the source dataset (see `resolve_images`)."""
+    `question`, in one user turn; `answer` becomes the assistant turn. Each shown item is one
+    content element (`shown` lists them), the question the last one; adjacent text items are
+    separated by a newline. Images carry the budget's min/max pixels so qwen-vl-utils resizes
+    them to the size the token counts assume; with image_as="ref" they are
+    `mmlong://doc_id/seq` references to the source dataset (see `resolve_images`)."""
     content: list[dict[str, Any]] = []
-    texts: list[str] = []
-
-    def flush() -> None:
-        if texts:
-            content.append({"type": "text", "text": "\n".join(texts)})
-            texts.clear()
-
-    for seq, item in enumerate(doc.items):
-        if pages is not None and item.page not in pages:
-            continue
+    for seq in shown(doc, pages):
+        item = doc.items[seq]
         if item.is_image:
-            flush()
             ref = item_ref(doc, seq)
             how = "data-uri" if image_as == "ref" and ref is None else image_as
-            content.append(
-                {
-                    "type": "image",
-                    "image": _payload(item.image, item.image_format or "jpeg", how, ref),
-                    "min_pixels": min_pixels,
-                    "max_pixels": max_pixels,
-                }
-            )
-        elif item.text:
-            texts.append(item.text)
+            content.append({"type": "image", "image": _payload(item.image, item.image_format or "jpeg", how, ref),
+                            "min_pixels": budget.min_pixels, "max_pixels": budget.max_pixels})
+        else:
+            content.append({"type": "text", "text": item.text})
     if question:
-        texts.append(question)
-    flush()
+        content.append({"type": "text", "text": question})
+    for this, after in zip(content, content[1:]):
+        if this["type"] == after["type"] == "text":
+            this["text"] += "\n"
     messages: list[dict[str, Any]] = []
     if system is not None:
         messages.append({"role": "system", "content": system})
@@ -118,6 +111,41 @@ def to_messages(
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
+
+
+_MARK = "\x00mmlong:{}:{}:{}\x00"
+
+
+def element_spans(messages: list[dict[str, Any]]) -> tuple[str, dict[tuple[int, int], tuple[int, int]]]:
+    """The prompt text of `messages` (the chat template) and, for content element k of message
+    m, the characters [a, b) it rendered to: key (m, k); a string content is element 0.
+    Found by rendering the real template once with a marker around every element (markers
+    are text, which the template writes as it is) and taking the markers out again."""
+    import re
+
+    marked = []
+    for m, message in enumerate(messages):
+        if isinstance(message["content"], str):
+            marked.append({**message, "content": _MARK.format(m, 0, "a") + message["content"] + _MARK.format(m, 0, "b")})
+            continue
+        content = []
+        for k, element in enumerate(message["content"]):
+            content += [{"type": "text", "text": _MARK.format(m, k, "a")}, element, {"type": "text", "text": _MARK.format(m, k, "b")}]
+        marked.append({**message, "content": content})
+    text = render_chat(marked)
+    out, spans, opened, last = [], {}, {}, 0
+    size = 0
+    for match in re.finditer("\x00mmlong:(\\d+):(\\d+):([ab])\x00", text):
+        out.append(text[last : match.start()])
+        size += match.start() - last
+        last = match.end()
+        key = (int(match[1]), int(match[2]))
+        if match[3] == "a":
+            opened[key] = size
+        else:
+            spans[key] = (opened.pop(key), size)
+    out.append(text[last:])
+    return "".join(out), spans
 
 
 def _image_size(value: Any) -> tuple[int, int]:
@@ -136,13 +164,10 @@ def _image_size(value: Any) -> tuple[int, int]:
         return im.height, im.width
 
 
-def element_tokens(
-    element: dict[str, Any],
-    processor_min_pixels: int = tk.IMAGE_MIN_PIXELS,
-    processor_max_pixels: int = tk.IMAGE_MAX_PIXELS,
-) -> int:
+def element_tokens(element: dict[str, Any], budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> int:
     """Tokens of one image element: qwen-vl-utils resizes it under the element's pixel bounds,
-    then the processor under its own (the identity when the element's bounds lie within)."""
+    then the processor under its own `budget` (the identity when the element's bounds lie
+    within)."""
     if "resized_height" in element and "resized_width" in element:
         h, w = tk.smart_resize(element["resized_height"], element["resized_width"])
     else:
@@ -150,14 +175,11 @@ def element_tokens(
         h, w = tk.smart_resize(
             height, width, element.get("min_pixels", tk.IMAGE_MIN_PIXELS), element.get("max_pixels", tk.IMAGE_MAX_PIXELS)
         )
-    return tk.image_tokens(h, w, processor_min_pixels, processor_max_pixels)
+    return tk.image_tokens(h, w, budget)
 
 
 def image_element_tokens(
-    element: dict[str, Any],
-    image_tokens: dict[str, int] | None = None,
-    processor_min_pixels: int = tk.IMAGE_MIN_PIXELS,
-    processor_max_pixels: int = tk.IMAGE_MAX_PIXELS,
+    element: dict[str, Any], image_tokens: dict[str, int] | None = None, budget: tk.PixelBudget = tk.DEFAULT_BUDGET
 ) -> int:
     """Tokens of an image element: the stored count of an `mmlong://` reference (from
     `image_tokens`), else the element sized as qwen-vl-utils and the processor size it."""
@@ -166,30 +188,38 @@ def image_element_tokens(
         if image_tokens is None or value not in image_tokens:
             raise ValueError(f"{value}: pass its token count in image_tokens")
         return image_tokens[value]
-    return element_tokens(element, processor_min_pixels, processor_max_pixels)
+    return element_tokens(element, budget)
+
+
+def is_image(element: dict[str, Any]) -> bool:
+    return element.get("type") == "image" or "image" in element or "image_url" in element
+
+
+def is_video(element: dict[str, Any]) -> bool:
+    return element.get("type") == "video" or "video" in element
 
 
 def conversation_tokens(
     messages: list[dict[str, Any]],
     tokenizer=None,
     add_generation_prompt: bool = False,
-    processor_min_pixels: int = tk.IMAGE_MIN_PIXELS,
-    processor_max_pixels: int = tk.IMAGE_MAX_PIXELS,
+    budget: tk.PixelBudget = tk.DEFAULT_BUDGET,
     image_tokens: dict[str, int] | None = None,
 ) -> int:
     """Exact length of the model input for `messages`: the chat-template prompt tokenized,
-    with each `<|image_pad|>` expanded to its image's token count. `image_tokens` gives the
-    counts of `mmlong://` image references (the items' stored `tokens`)."""
+    with each `<|image_pad|>` expanded to its image's token count under the processor's
+    `budget`. `image_tokens` gives the counts of `mmlong://` image references (the items'
+    stored `tokens`)."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     total = len(tok.encode(render_chat(messages, add_generation_prompt), add_special_tokens=False).ids)
     for message in messages:
         if isinstance(message["content"], str):
             continue
         for element in message["content"]:
-            if element.get("type") == "video" or "video" in element:
+            if is_video(element):
                 raise ValueError("conversation_tokens counts text and images; size videos with mmlong.tokens.plan_video")
-            if element.get("type") == "image" or "image" in element or "image_url" in element:
-                total += image_element_tokens(element, image_tokens, processor_min_pixels, processor_max_pixels) - 1
+            if is_image(element):
+                total += image_element_tokens(element, image_tokens, budget) - 1
     return total
 
 

@@ -1,22 +1,26 @@
-"""Recipes as data: YAML presets in the top-level folders (ingest/, render/, train/, eval/),
-loaded by name (`pdf-144dpi`) or by path (`my/preset.yaml`)."""
+"""Recipes as data: YAML presets shipped inside the package (mmlong/recipes/<group>/, also
+reachable from the repository's top-level ingest/, render/, train/ and eval/ folders), loaded by
+name (`pdf-144dpi`) or by path (`my/preset.yaml`). $MMLONG_RECIPES points at another folder of
+groups instead."""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 RECIPES_ENV = "MMLONG_RECIPES"
+GROUPS = ("ingest", "render", "train", "eval")
 
 
 def recipes_root() -> Path:
-    """The folder holding ingest/, render/, train/ and eval/: $MMLONG_RECIPES, else the
-    repository (or editable install) that holds this package."""
+    """The folder holding the groups ingest/, render/, train/ and eval/: $MMLONG_RECIPES, else
+    the recipes installed with the package."""
     env = os.environ.get(RECIPES_ENV)
-    return Path(env) if env else Path(__file__).resolve().parent.parent
+    return Path(env) if env else Path(str(resources.files("mmlong") / "recipes"))
 
 
 def list_presets(group: str) -> list[str]:
@@ -24,17 +28,26 @@ def list_presets(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def load_preset(group: str, name: str) -> dict[str, Any]:
-    """The preset `name` of `group` as a dict; `name` may also be a path to a YAML file."""
-    import yaml
-
+def preset_path(group: str, name: str) -> Path:
+    """The YAML file of preset `name` of `group` (or `name` itself when it is a .yaml path)."""
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = recipes_root() / group / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_presets(group)) or "none found"
         raise ValueError(f"unknown {group} preset {name!r} (known: {known}; or pass a .yaml path)")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return path
+
+
+def load_preset(group: str, name: str) -> dict[str, Any]:
+    """The preset `name` of `group` as a dict; `name` may also be a path to a YAML file."""
+    import yaml
+
+    path = preset_path(group, name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a preset must be a YAML mapping, got {type(data).__name__}")
     return data
@@ -43,6 +56,8 @@ def load_preset(group: str, name: str) -> dict[str, Any]:
 def build(cls: type[T], data: dict[str, Any], what: str) -> T:
     """A settings dataclass from a preset section; unknown keys are an error that lists the
     known ones (a preset's `description` is ignored)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: expected a mapping of options, got {type(data).__name__}")
     names = set(cls.__dataclass_fields__)
     unknown = set(data) - names - {"description"}
     if unknown:

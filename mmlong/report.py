@@ -1,57 +1,16 @@
-"""Summaries of a dataset (table, JSON) and an HTML preview a person can open."""
+"""How `mmlong inspect` shows a dataset: its summary (`store.summarize`) as tables, and an HTML
+preview a person can open."""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from mmlong.schema import IMAGE_KINDS
-from mmlong.store import iter_item_batches, read_documents, read_failures, scan
-
-LENGTH_BINS = [0, 8192, 16384, 32768, 65536, 131072, 262144]
-
-
-def _bin_label(lo: int, hi: int | None) -> str:
-    return f"{lo // 1024}K-{hi // 1024}K" if hi is not None else f">={lo // 1024}K"
-
-
-def length_histogram(lengths: list[int], edges: list[int] = LENGTH_BINS) -> list[dict[str, Any]]:
-    """Documents per token-length bin; bins are [edge_i, edge_i+1) and a last open bin."""
-    bounds = list(zip(edges, edges[1:] + [None]))
-    counts = [0] * len(bounds)
-    for n in lengths:
-        for i, (lo, hi) in enumerate(bounds):
-            if n >= lo and (hi is None or n < hi):
-                counts[i] += 1
-                break
-    return [{"bin": _bin_label(lo, hi), "min": lo, "max": hi, "documents": c} for (lo, hi), c in zip(bounds, counts)]
-
-
-def summarize(root: Path) -> dict[str, Any]:
-    """Counts of the dataset at `root`, read without touching image bytes."""
-    root = Path(root)
-    docs = read_documents(root, columns=["num_pages", "text_tokens", "vision_tokens", "total_tokens"])
-    kinds: Counter[str] = Counter()
-    for path in scan(root).items:
-        kinds.update(pq.read_table(path, columns=["kind"]).column("kind").to_pylist())
-    text = sum(docs.column("text_tokens").to_pylist())
-    vision = sum(docs.column("vision_tokens").to_pylist())
-    return {
-        "dataset": str(root),
-        "documents": docs.num_rows,
-        "pages": sum(docs.column("num_pages").to_pylist()),
-        "items": sum(kinds.values()),
-        "items_by_kind": dict(sorted(kinds.items())),
-        "tokens": {"text": text, "vision": vision, "total": text + vision},
-        "length_histogram": length_histogram(docs.column("total_tokens").to_pylist()),
-        "failed": [{"path": p, "reason": r} for p, r in read_failures(root).items()],
-    }
+from mmlong.store import iter_item_batches, read_documents
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmlong import __version__
+from mmlong.errors import DatasetError
+from mmlong.tokens import LENGTH_EDGES, bin_label, length_bin
 from mmlong.schema import (
     DOCUMENTS_SCHEMA,
     FORMAT_VERSION,
@@ -62,10 +65,6 @@ ITEMS_WRITE_OPTIONS = {
     "compression": {("bbox.list.element" if n == "bbox" else n): "NONE" if n == "image" else "SNAPPY" for n in ITEMS_SCHEMA.names},
     "use_dictionary": ["doc_id", "kind", "image_format", "source"],
 }
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder that cannot be used as asked (not a dataset, options differ...)."""
 
 
 def _fsync_replace(tmp: Path, dest: Path) -> None:
@@ -320,13 +319,13 @@ class DatasetWriter:
     def _save_failures(self) -> None:
         atomic_write_text(self.root / FAILURES, json.dumps(self.failures, indent=2, ensure_ascii=False))
 
-    def close(self, summary: dict[str, Any] | None = None) -> None:
-        """Compact the per-document parts into shards and write the manifest and card."""
+    def close(self) -> None:
+        """Compact the per-document parts into shards and write the manifest (with the
+        dataset's summary) and card."""
         compact(self.root)
         files = scan(self.root)
         self.manifest["files"] = [str(p.relative_to(self.root)) for p in files.documents + files.items]
-        if summary is not None:
-            self.manifest["summary"] = summary
+        self.manifest["summary"] = summarize(self.root)
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
         (self.root / "README.md").write_text(DATASET_CARD, encoding="utf-8")
         shutil.rmtree(self.root / STAGING, ignore_errors=True)
@@ -338,6 +337,36 @@ def _diff(old: Any, new: Any, prefix: str = "") -> str:
             if old.get(key) != new.get(key):
                 return _diff(old.get(key), new.get(key), f"{prefix}{key}.")
     return f"{prefix.rstrip('.')}: {old!r} before, {new!r} now"
+
+
+def length_histogram(lengths: list[int], edges: tuple[int, ...] = LENGTH_EDGES) -> list[dict[str, Any]]:
+    """Documents per length bin (`tokens.length_bin`: bin i holds (edges[i-1], edges[i]]),
+    with the open bin above the last edge."""
+    counts = Counter(length_bin(n, edges) for n in lengths)
+    lows = (0, *edges)
+    return [{"bin": bin_label(i, edges), "min": lows[i], "max": edges[i] if i < len(edges) else None, "documents": counts[i]}
+            for i in range(len(edges) + 1)]
+
+
+def summarize(root: Path) -> dict[str, Any]:
+    """Counts of the dataset at `root`, read without touching image bytes."""
+    root = Path(root)
+    docs = read_documents(root, columns=["num_pages", "text_tokens", "vision_tokens", "total_tokens"])
+    kinds: Counter[str] = Counter()
+    for path in scan(root).items:
+        kinds.update(pq.read_table(path, columns=["kind"]).column("kind").to_pylist())
+    text = sum(docs.column("text_tokens").to_pylist())
+    vision = sum(docs.column("vision_tokens").to_pylist())
+    return {
+        "dataset": str(root),
+        "documents": docs.num_rows,
+        "pages": sum(docs.column("num_pages").to_pylist()),
+        "items": sum(kinds.values()),
+        "items_by_kind": dict(sorted(kinds.items())),
+        "tokens": {"text": text, "vision": vision, "total": text + vision},
+        "length_histogram": length_histogram(docs.column("total_tokens").to_pylist()),
+        "failed": [{"path": p, "reason": r} for p, r in read_failures(root).items()],
+    }
 
 
 def compact(root: Path, shard_bytes: int = SHARD_BYTES) -> int:

@@ -82,11 +82,33 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def image_grid(
-    height: int, width: int, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS
-) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class PixelBudget:
+    """The pixel bounds an image is resized within before the model sees it: qwen-vl-utils'
+    per-image `min_pixels`/`max_pixels` and the HF image processor's. They decide every image's
+    token count, so this one type travels from the preset (its `tokens:` section) to the
+    dataset's counts, the samples, and the processor that encodes them."""
+
+    min_pixels: int = IMAGE_MIN_PIXELS
+    max_pixels: int = IMAGE_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+    @classmethod
+    def from_options(cls, options: dict | None) -> PixelBudget:
+        """The budget recorded in a dataset's or sample's options (`{"tokens": {...}}`)."""
+        bounds = (options or {}).get("tokens") or {}
+        return cls(bounds.get("min_pixels", IMAGE_MIN_PIXELS), bounds.get("max_pixels", IMAGE_MAX_PIXELS))
+
+
+DEFAULT_BUDGET = PixelBudget()
+
+
+def image_grid(height: int, width: int, budget: PixelBudget = DEFAULT_BUDGET) -> tuple[int, int, int]:
     """The processor's `image_grid_thw` for an image of this size: (1, h/14, w/14)."""
-    h, w = smart_resize(height, width, min_pixels, max_pixels)
+    h, w = smart_resize(height, width, budget.min_pixels, budget.max_pixels)
     # The HF processor checks the ratio again on the resized image: 60x12000 becomes 56x12012.
     if max(h, w) / min(h, w) > MAX_RATIO:
         raise ValueError(
@@ -96,12 +118,32 @@ def image_grid(
     return 1, h // PATCH_SIZE, w // PATCH_SIZE
 
 
-def image_tokens(
-    height: int, width: int, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS
-) -> int:
+def image_tokens(height: int, width: int, budget: PixelBudget = DEFAULT_BUDGET) -> int:
     """Number of `<|image_pad|>` tokens for one image of height x width pixels."""
-    _, gh, gw = image_grid(height, width, min_pixels, max_pixels)
+    _, gh, gw = image_grid(height, width, budget)
     return gh * gw // (MERGE_SIZE * MERGE_SIZE)
+
+
+LENGTH_EDGES = (8192, 16384, 32768, 65536, 131072, 262144)
+"""Upper edges of the standard length bins (8K ... 256K tokens)."""
+
+
+def length_bin(tokens: int, edges: list[int] | tuple[int, ...] = LENGTH_EDGES) -> int:
+    """Index of the bin holding `tokens`: bin i holds lengths in (edges[i-1], edges[i]]; the
+    index len(edges) is the open bin above the last edge. The one definition of length bins
+    (an 8,192-token sample is in 0K-8K everywhere)."""
+    for i, edge in enumerate(edges):
+        if tokens <= edge:
+            return i
+    return len(edges)
+
+
+def bin_label(i: int, edges: list[int] | tuple[int, ...] = LENGTH_EDGES) -> str:
+    """"0K-8K", "8K-16K", ..., and ">256K" for the open bin."""
+    if i >= len(edges):
+        return f">{edges[-1] // 1024}K"
+    lo = edges[i - 1] if i else 0
+    return f"{lo // 1024}K-{edges[i] // 1024}K"
 
 
 def video_frame_count(

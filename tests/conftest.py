@@ -142,6 +142,17 @@ def qwen_vl_utils():
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """A tiny Qwen2.5-VL over the real Qwen vocabulary (random weights, seed 0), saved with
+    save_pretrained and loaded back through the real loading code, in eval mode."""
+    from mmlong.train.model import ModelSettings, build_model, tiny_config
+
+    path = tmp_path_factory.mktemp("tiny") / "qwen25vl-tiny"
+    build_model(ModelSettings(config=tiny_config())).save_pretrained(path)
+    return build_model(ModelSettings(path=str(path))).eval()
+
+
+@pytest.fixture(scope="session")
 def hf_tokenizer():
     from transformers import AutoTokenizer
 
@@ -168,3 +179,75 @@ def hf_processor(hf_tokenizer):
         return ImageTextProcessor(ip, hf_tokenizer, chat_template=TEMPLATE_FILE.read_text())
 
     return make
+
+
+BITS = 12
+SCENES = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
+
+
+def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_seconds: float | None = None):
+    """An x264 video whose every frame shows its index as BITS binary squares, in scenes of solid colour."""
+    import av
+    import numpy as np
+
+    w, h = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps * 5)}
+        for i in range(int(seconds * fps)):
+            scene = int(i / fps // scene_seconds) if scene_seconds else 0
+            img = np.full((h, w, 3), SCENES[scene % len(SCENES)], np.uint8)
+            side = w // (BITS + 4)
+            for b in range(BITS):
+                x = side // 2 + b * (side + 2)
+                img[side // 2 : side // 2 + side, x : x + side] = 255 if (i >> b) & 1 else 0
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+SECTIONS = [(1, "Introduction", 1), (1, "Method", 4), (2, "Data collection", 5), (1, "Results", 8), (1, "Discussion", 11)]
+CAPTIONS = {2: "Figure 1: Pages ingested per quarter.", 6: "Figure 2: Token counts by document type.",
+            9: "Table 1: Accuracy at four lengths.", 10: "Figure 3: Retrieval heads by layer."}
+
+
+def sentence(page: int, k: int) -> str:
+    return (f"On page {page} the committee recorded observation number {k} about the "
+            f"{['north', 'south', 'east', 'west'][k % 4]} archive and its {page * 7 + k} boxes.")
+
+
+def make_report(path):
+    doc = pymupdf.open()
+    for p in range(1, 13):
+        page = doc.new_page(width=595, height=842)
+        body = " ".join(sentence(p, k) for k in range(3))
+        page.insert_textbox(pymupdf.Rect(50, 60, 545, 220), body, fontsize=10)
+        if p in CAPTIONS:
+            page.insert_image(pymupdf.Rect(150, 260, 450, 460), stream=png_bytes(300, 200))
+            page.insert_textbox(pymupdf.Rect(150, 470, 450, 500), CAPTIONS[p], fontsize=9)
+    doc.set_toc([list(s) for s in SECTIONS])
+    doc.set_page_labels([{"startpage": 0, "prefix": "", "style": "r", "firstpagenum": 1},
+                         {"startpage": 2, "prefix": "", "style": "D", "firstpagenum": 1}])
+    doc.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def report_dataset(tmp_path_factory):
+    """A 12-page report (outline, captions, figures, page labels) ingested with pdf-budget."""
+    from mmlong.ingest import ingest
+
+    d = tmp_path_factory.mktemp("synth")
+    make_report(d / "report.pdf")
+    ingest([str(d / "report.pdf")], d / "ds", preset="pdf-budget", workers=1, progress=False)
+    return d / "ds"
+
+
+@pytest.fixture(scope="session")
+def report_doc(report_dataset):
+    from mmlong import store
+
+    return next(iter(store.iter_documents(report_dataset, images=False)))

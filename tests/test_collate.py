@@ -6,38 +6,17 @@ fit) is saved with save_pretrained and loaded back through from_pretrained.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from mmlong.train.collate import IGNORE, encode, pack_inputs, sample_positions
-from mmlong.train.qa import QA, Segment
-from mmlong.train.samples import build_sample
 from mmlong import store
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.pdf import PdfOptions
+from mmlong.samples import QA, Segment, build_sample
+from mmlong.train.collate import IGNORE, Collator, encode, pack_row
+from mmlong.train.positions import rope_index, sample_positions
+from mmlong.train.processor import build_processor
 from tests.conftest import write_pdf
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-                         tie_word_embeddings=True),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
-                           temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[1],
-                           tokens_per_second=2),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-    )
-    path = tmp_path_factory.mktemp("tiny") / "qwen25vl-tiny"
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(path)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, attn_implementation="sdpa")
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +33,15 @@ def samples(tmp_path_factory):
     return out
 
 
-def test_encode_labels_only_the_answer(samples, hf_processor):
-    proc = hf_processor()
+def forward(model, row):
+    with torch.no_grad():
+        return model.model(input_ids=row["input_ids"][None], position_ids=row["position_ids"][:, None],
+                           pixel_values=row.get("pixel_values"), image_grid_thw=row.get("image_grid_thw"),
+                           attention_mask=None, use_cache=False).last_hidden_state[0]
+
+
+def test_encode_labels_only_the_answer(samples):
+    proc = build_processor(samples[0].budget)
     for s in samples:
         e = encode(s, proc)
         assert len(e["input_ids"]) == s.total_tokens
@@ -64,44 +50,68 @@ def test_encode_labels_only_the_answer(samples, hf_processor):
         assert proc.tokenizer.decode(e["input_ids"][kept]) == "1<|im_end|>"
 
 
-def test_packed_row_equals_each_sample_alone(samples, hf_processor, tiny_model):
-    proc = hf_processor()
+def test_positions_without_the_model_equal_get_rope_index(samples, tiny_vlm):
+    proc = build_processor(samples[0].budget)
+    for s in samples:
+        e = encode(s, proc)
+        ours = rope_index(e["mm_token_type_ids"].tolist(), e["image_grid_thw"].tolist())
+        theirs, _ = tiny_vlm.model.get_rope_index(e["input_ids"][None], e["mm_token_type_ids"][None],
+                                                  image_grid_thw=e["image_grid_thw"])
+        assert torch.equal(ours, theirs[:, 0])
+    # a video grid and a second image, with fractional seconds per grid
+    types = [0] * 3 + [2] * (3 * 2 * 3) + [0] * 2 + [1] * (2 * 2) + [0] * 4
+    ids = torch.zeros(1, len(types), dtype=torch.long)
+    video, image = torch.tensor([[3, 4, 6]]), torch.tensor([[1, 4, 4]])
+    theirs, _ = tiny_vlm.model.get_rope_index(ids, torch.tensor([types]), image_grid_thw=image, video_grid_thw=video,
+                                              second_per_grid_ts=torch.tensor([1.5]))
+    assert torch.equal(rope_index(types, image.tolist(), video.tolist(), [1.5]), theirs[:, 0])
+
+
+def test_packed_row_equals_each_sample_alone(samples, tiny_vlm):
+    proc = build_processor(samples[0].budget)
     encoded = [encode(s, proc) for s in samples]
-    row = pack_inputs(encoded, tiny_model)
-    assert row["position_ids"].shape == (4, 1, sum(s.total_tokens for s in samples))
-    with torch.no_grad():
-        packed = tiny_model.model(input_ids=row["input_ids"], position_ids=row["position_ids"],
-                                  pixel_values=row["pixel_values"], image_grid_thw=row["image_grid_thw"],
-                                  attention_mask=None, use_cache=False).last_hidden_state[0]
-        start = 0
-        for e in encoded:
-            alone = tiny_model.model(input_ids=e["input_ids"][None], position_ids=sample_positions(e, tiny_model)[:, None],
-                                     pixel_values=e["pixel_values"], image_grid_thw=e["image_grid_thw"],
-                                     attention_mask=None, use_cache=False).last_hidden_state[0]
-            n = len(e["input_ids"])
-            assert torch.allclose(packed[start : start + n], alone, atol=1e-5), (packed[start : start + n] - alone).abs().max()
-            start += n
+    row = pack_row(encoded)
+    assert row["position_ids"].shape == (4, sum(s.total_tokens for s in samples))
+    packed = forward(tiny_vlm, row)
+    start = 0
+    for e in encoded:
+        alone = forward(tiny_vlm, {**e, "position_ids": sample_positions(e)})
+        n = len(e["input_ids"])
+        assert torch.allclose(packed[start : start + n], alone, atol=1e-5), (packed[start : start + n] - alone).abs().max()
+        start += n
     firsts = [sum(len(e["input_ids"]) for e in encoded[:i]) for i in range(len(encoded))]
-    assert all(row["labels"][0, f] == IGNORE for f in firsts)
-    assert (row["position_ids"][0, 0, firsts] == 0).all()
+    assert all(row["labels"][f] == IGNORE for f in firsts)
+    assert (row["position_ids"][0, firsts] == 0).all()
 
 
-def test_positions_restart_matter(samples, hf_processor, tiny_model):
+def test_positions_restart_matter(samples, tiny_vlm):
     """Without per-sample positions the second sample reads the first one: the check above can fail."""
-    proc = hf_processor()
+    proc = build_processor(samples[0].budget)
     encoded = [encode(s, proc) for s in samples[:2]]
-    row = pack_inputs(encoded, tiny_model)
+    row = pack_row(encoded)
     n0 = len(encoded[0]["input_ids"])
-    flat = torch.arange(row["input_ids"].shape[1])[None, None].expand(4, 1, -1)
-    with torch.no_grad():
-        wrong = tiny_model.model(input_ids=row["input_ids"], position_ids=flat, pixel_values=row["pixel_values"],
-                                 image_grid_thw=row["image_grid_thw"], attention_mask=None, use_cache=False).last_hidden_state[0]
-        alone = tiny_model.model(input_ids=encoded[1]["input_ids"][None], position_ids=sample_positions(encoded[1], tiny_model)[:, None],
-                                 pixel_values=encoded[1]["pixel_values"], image_grid_thw=encoded[1]["image_grid_thw"],
-                                 attention_mask=None, use_cache=False).last_hidden_state[0]
+    flat = {**row, "position_ids": torch.arange(len(row["input_ids"])).expand(4, -1)}
+    wrong = forward(tiny_vlm, flat)
+    alone = forward(tiny_vlm, {**encoded[1], "position_ids": sample_positions(encoded[1])})
     assert not torch.allclose(wrong[n0:], alone, atol=1e-3)
 
 
-def test_a_processor_with_other_bounds_is_refused(samples, hf_processor):
-    with pytest.raises(ValueError, match="token budget"):
-        encode(samples[1], hf_processor(3136 * 4, 12845056))
+def test_batches_of_padded_rows_stay_isolated(samples, tiny_vlm):
+    proc = build_processor(samples[0].budget)
+    batch = Collator(proc)([[samples[0], samples[1]], [samples[2]]])
+    assert batch["input_ids"].shape[0] == 2 and batch["position_ids"].shape[:2] == (4, 2)
+    with torch.no_grad():
+        both = tiny_vlm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                              pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                              attention_mask=None, use_cache=False).last_hidden_state
+    e = encode(samples[2], proc)
+    alone = forward(tiny_vlm, {**e, "position_ids": sample_positions(e)})
+    assert torch.allclose(both[1, : len(e["input_ids"])], alone, atol=1e-5)
+    assert batch["label_tokens"] == sum(s.answer_end - s.answer_start for s in samples)
+
+
+def test_a_processor_with_other_bounds_is_refused(samples):
+    from mmlong import tokens as tk
+
+    with pytest.raises(ValueError, match="pixel budget"):
+        encode(samples[1], build_processor(tk.PixelBudget(3136 * 4, 12845056)))

@@ -99,7 +99,7 @@ def test_pages_mode_png_and_budget_preset(pdf_dir, tmp_path):
         for it in doc.items:
             if it.kind == PAGE_IMAGE:
                 assert it.width * it.height <= 1003520 and it.tokens <= 1280
-                assert it.tokens == tk.image_tokens(it.height, it.width, 3136, 1003520)
+                assert it.tokens == tk.image_tokens(it.height, it.width, tk.PixelBudget(3136, 1003520))
 
 
 def test_huge_page_is_bounded_by_the_pixel_budget(tmp_path):

@@ -19,33 +19,7 @@ from mmlong.cli import main
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.video import VideoOptions, frame_indices, plan, probe, read_subtitles
 from mmlong.schema import TEXT, VIDEO_FRAME
-from tests.conftest import ROOT
-
-BITS = 12
-SCENES = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
-
-
-def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_seconds: float | None = None):
-    import av
-
-    w, h = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps * 5)}
-        for i in range(int(seconds * fps)):
-            scene = int(i / fps // scene_seconds) if scene_seconds else 0
-            img = np.full((h, w, 3), SCENES[scene % len(SCENES)], np.uint8)
-            side = w // (BITS + 4)
-            for b in range(BITS):
-                x = side // 2 + b * (side + 2)
-                img[side // 2 : side // 2 + side, x : x + side] = 255 if (i >> b) & 1 else 0
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
+from tests.conftest import BITS, ROOT, make_video
 
 def frame_index(image: bytes) -> int:
     a = np.asarray(Image.open(io.BytesIO(image)).convert("L")).astype(int)
@@ -221,6 +195,7 @@ print(r.frames, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_video_length(tmp_path):
     short = make_video(tmp_path / "short.mp4", 60, fps=5, size=(320, 180))
     long = make_video(tmp_path / "long.mp4", 900, fps=5, size=(320, 180))

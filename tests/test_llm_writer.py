@@ -17,10 +17,8 @@ import pytest
 
 from mmlong import store
 from mmlong.cli import main
-from mmlong.train.llm import LlmError, LlmWriter, parse_qas
-from mmlong.train.qa import Segment
-from mmlong.train.samples import read_samples
-from tests.test_synth import dataset, doc  # noqa: F401  (module fixtures)
+from mmlong.samples import Segment, read_samples
+from mmlong.synthesis.llm import LlmError, LlmWriter, parse_qas
 
 VALID = [
     {"question": "On which page is the caption of Figure 2?", "answer": 6, "answer_format": "Int", "evidence_pages": [6],
@@ -96,11 +94,11 @@ SCRIPT = [
 
 
 @pytest.mark.parametrize("server", [SCRIPT], indirect=True)
-def test_retries_validation_and_cache(server, dataset, doc, tmp_path, monkeypatch):  # noqa: F811
+def test_retries_validation_and_cache(server, report_dataset, report_doc, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_KEY", "secret-key")
     writer = LlmWriter(server.url, "qwen-test", api_key_env="TEST_KEY", cache_dir=tmp_path / "cache", timeout=0.5,
                        backoff=0.01, questions=5)
-    doc = store.load_document(dataset, doc.doc_id)  # with its page images, as synth reads it for this writer
+    doc = store.load_document(report_dataset, report_doc.doc_id)  # with its page images, as synth reads it for this writer
     qas = writer.write(doc, Segment(0, 12), random.Random(0))
     assert [q.task for q in qas] == ["extract-single", "extract-multi", "reasoning", "extract-single"]  # page 40 dropped
     assert qas[0].answer == 6 and qas[1].evidence_pages == [2, 6] and qas[3].answer == "Not answerable"
@@ -118,10 +116,10 @@ def test_retries_validation_and_cache(server, dataset, doc, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("server", [[(401, {}, b'{"error": "bad key"}', 0)]], indirect=True)
-def test_refusals_are_clear_errors(server, doc):  # noqa: F811
+def test_refusals_are_clear_errors(server, report_doc):
     writer = LlmWriter(server.url, "m", backoff=0.01)
     with pytest.raises(LlmError, match="HTTP 401.*bad key"):
-        writer.write(doc, Segment(0, 12), random.Random(0))
+        writer.write(report_doc, Segment(0, 12), random.Random(0))
 
 
 def test_parse_qas_reasons():
@@ -136,8 +134,8 @@ def test_parse_qas_reasons():
 
 
 @pytest.mark.parametrize("server", [[]], indirect=True)
-def test_synth_command_with_the_llm_writer(server, dataset, tmp_path):  # noqa: F811
-    code = main(["synth", str(dataset), "--out", str(tmp_path / "s"), "--writer", "llm", "--llm-base-url", server.url,
+def test_synth_command_with_the_llm_writer(server, report_dataset, tmp_path):
+    code = main(["synth", str(report_dataset), "--out", str(tmp_path / "s"), "--writer", "llm", "--llm-base-url", server.url,
                  "--llm-model", "m", "--segments", "2", "--seed", "1"])
     assert code == 0
     samples = read_samples(tmp_path / "s" / "samples.parquet")
@@ -145,6 +143,6 @@ def test_synth_command_with_the_llm_writer(server, dataset, tmp_path):  # noqa: 
     for s in samples:
         assert s.segment[0] == s.evidence_pages[0] and s.answer == '"text"'
     sent = len(server.received)
-    assert main(["synth", str(dataset), "--out", str(tmp_path / "s"), "--writer", "llm", "--llm-base-url", server.url,
+    assert main(["synth", str(report_dataset), "--out", str(tmp_path / "s"), "--writer", "llm", "--llm-base-url", server.url,
                  "--llm-model", "m", "--segments", "2", "--seed", "1"]) == 0
     assert len(server.received) == sent  # the second run is served by the cache

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pymupdf
+import pytest
 
 from tests.conftest import LOREM, ROOT
 
@@ -34,6 +35,7 @@ def _peak_kb(pdf, out) -> int:
     return int(done.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_2000_pages_in_bounded_memory(tmp_path):
     small = _peak_kb(_pdf(tmp_path / "p200.pdf", 200), tmp_path / "small")
     large = _peak_kb(_pdf(tmp_path / "p2000.pdf", 2000), tmp_path / "large")

@@ -33,29 +33,29 @@ def _processor_ids(hf_processor, qwen_vl_utils, messages, min_pixels, max_pixels
 @pytest.mark.parametrize("budget", [(3136, 1003520), (3136, 256 * 784), (3136, 12845056)])
 def test_counts_equal_processor_input_ids(doc, hf_processor, qwen_vl_utils, budget):
     messages = to_messages(doc, question="What grew by twelve percent?", answer="Revenue.",
-                           min_pixels=budget[0], max_pixels=budget[1])
+                           budget=tk.PixelBudget(*budget))
     prompt, ids, images = _processor_ids(hf_processor, qwen_vl_utils, messages, *budget)
     assert prompt == render_chat(messages)
     assert len(images) == 3
     assert conversation_tokens(messages) == len(ids)
     pad = tk.load_tokenizer().token_to_id("<|image_pad|>")
     pages = [it for it in doc.items if it.kind == PAGE_IMAGE]
-    assert ids.count(pad) == sum(tk.image_tokens(it.height, it.width, *budget) for it in pages)
+    assert ids.count(pad) == sum(tk.image_tokens(it.height, it.width, tk.PixelBudget(*budget)) for it in pages)
 
 
 def test_message_layout(doc):
     messages = to_messages(doc, question="Q?", system="Be brief.", pages={1})
     assert [m["role"] for m in messages] == ["system", "user"]
     content = messages[1]["content"]
-    assert [c["type"] for c in content] == ["image", "text"]
     texts = [it.text for it in doc.items if it.kind == TEXT and it.page == 1]
-    assert content[1]["text"] == "\n".join(texts + ["Q?"])
+    assert [c["type"] for c in content] == ["image"] + ["text"] * (len(texts) + 1)  # one element per item, then the question
+    assert "".join(c["text"] for c in content[1:]) == "\n".join(texts + ["Q?"])
     assert content[0]["min_pixels"] == tk.IMAGE_MIN_PIXELS and content[0]["image"].size == (doc.items[2].width, doc.items[2].height)
 
 
 def test_data_uri_images_are_accepted_and_counted(doc, hf_processor, qwen_vl_utils):
     messages = to_messages(doc, question="Which page shows a chart?", image_as="data-uri",
-                           min_pixels=3136, max_pixels=1003520)
+                           budget=tk.PixelBudget(3136, 1003520))
     assert messages[0]["content"][0]["image"].startswith("data:image/jpeg;base64,")
     _, ids, _ = _processor_ids(hf_processor, qwen_vl_utils, messages, 3136, 1003520)
     assert conversation_tokens(messages, add_generation_prompt=False) == len(ids)

@@ -12,11 +12,12 @@ import pytest
 from mmlong.cli import main
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.pdf import PdfOptions
-from mmlong.train.mixture import MixtureSpec, mix, run_mix
-from mmlong.train.packing import pack
-from mmlong.train.qa import TemplateWriter
-from mmlong.train.samples import read_samples, synth
-from tests.test_synth import sentence
+from mmlong.mixtures.mix import MixtureSpec, mix, run_mix
+from mmlong.mixtures.packing import pack
+from mmlong.samples import read_samples
+from mmlong.synthesis.run import synth
+from mmlong.synthesis.template import TemplateWriter
+from tests.conftest import sentence
 
 PAGES = [6, 14, 28, 56, 120]
 BINS = [2048, 4096, 8192, 16384, 24576]  # the 120-page document (~26K tokens) must be trimmed

@@ -12,11 +12,10 @@ from mmlong import store
 from mmlong import tokens as tk
 from mmlong.cli import main
 from mmlong.messages import resolve_images
-from mmlong.needles import NeedleSpec, build_needle_sample, haystack, insert_needles, needle_dataset
+from mmlong.synthesis.needles import NeedleSpec, build_needle_sample, haystack, insert_needles, needle_dataset
 from mmlong.schema import FIGURE, TEXT, VIDEO_FRAME, Document, Item
-from mmlong.train.samples import read_samples
+from mmlong.samples import read_samples
 from tests.conftest import png_bytes
-from tests.test_synth import dataset  # noqa: F401  (module fixture: a 12-page report, pdf-budget preset)
 
 
 def docs(root):
@@ -24,15 +23,15 @@ def docs(root):
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
-def test_text_needle_is_exact(dataset, depth, hf_processor, qwen_vl_utils):  # noqa: F811
-    items = haystack(docs(dataset), 8192 - 300)
+def test_text_needle_is_exact(report_dataset, depth, hf_processor, qwen_vl_utils):
+    items = haystack(docs(report_dataset), 8192 - 300)
     assert sum(it.tokens for it in items) <= 8192 - 300
     spec = NeedleSpec("single", "text", depth, 8192)
-    sample, doc = build_needle_sample(items, spec, random.Random(1), str(dataset), (3136, 1003520))
+    sample, doc = build_needle_sample(items, spec, random.Random(1), str(report_dataset), tk.PixelBudget(3136, 1003520))
     assert sample.total_tokens <= 8192 and sample.task == "needle" and sample.kind == "needle-text-single"
     (offset,) = sample.extra["needle_offsets"]
     # the processor's real input: same length, and the needle's tokens where the offset says
-    messages = resolve_images(sample.messages, dataset)
+    messages = resolve_images(sample.messages, report_dataset)
     images, _ = qwen_vl_utils.process_vision_info(messages)
     proc = hf_processor(3136, 1003520)
     ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
@@ -45,8 +44,8 @@ def test_text_needle_is_exact(dataset, depth, hf_processor, qwen_vl_utils):  # n
     assert str(sample.answer) in needle
 
 
-def test_text_variants(dataset):  # noqa: F811
-    items = haystack(docs(dataset), 6000)
+def test_text_variants(report_dataset):
+    items = haystack(docs(report_dataset), 6000)
     rng = random.Random(0)
     for variant in ["multi-key", "multi-value", "multi-query", "count", "sum"]:
         out, qa = insert_needles(items, NeedleSpec(variant, "text", 0.2, 8192, count=3), rng)
@@ -66,12 +65,12 @@ def test_text_variants(dataset):  # noqa: F811
             assert len(needles) == 2 and qa.answer == pairs[0][1] + pairs[1][1] and "sum" in qa.question
 
 
-def test_image_needles(dataset):  # noqa: F811
-    items = haystack(docs(dataset), 7000)
-    out, qa = insert_needles(items, NeedleSpec("single", "image", 0.5, 8192), random.Random(2), (3136, 1003520))
+def test_image_needles(report_dataset):
+    items = haystack(docs(report_dataset), 7000)
+    out, qa = insert_needles(items, NeedleSpec("single", "image", 0.5, 8192), random.Random(2), tk.PixelBudget(3136, 1003520))
     (needle,) = [it for it in out if (it.meta or {}).get("generated")]
     assert needle.kind == FIGURE and Image.open(io.BytesIO(needle.image)).size == (336, 224)
-    assert needle.tokens == tk.image_tokens(224, 336, 3136, 1003520) and qa.answer == int(needle.meta["needle"])
+    assert needle.tokens == tk.image_tokens(224, 336, tk.PixelBudget(3136, 1003520)) and qa.answer == int(needle.meta["needle"])
     out, qa = insert_needles(items, NeedleSpec("count", "image", 0.1, 8192, count=3), random.Random(2))
     stars = [it for it in out if (it.meta or {}).get("generated")]
     red = Image.open(io.BytesIO(stars[0].image)).convert("RGB").getpixel((168, 112))
@@ -129,8 +128,8 @@ def test_webpage_haystack(tmp_path):
     assert any(c["type"] == "image" and c["image"] == "mmlong://page0001/10" for c in samples[0].messages[0]["content"])
 
 
-def test_needles_command_grid(dataset, tmp_path, capsys):  # noqa: F811
-    code = main(["needles", str(dataset), "--out", str(tmp_path / "n"), "--lengths", "4096", "8192", "--depths", "0", "50",
+def test_needles_command_grid(report_dataset, tmp_path, capsys):
+    code = main(["needles", str(report_dataset), "--out", str(tmp_path / "n"), "--lengths", "4096", "8192", "--depths", "0", "50",
                  "100", "--variants", "single", "multi-query", "--count", "2"])
     assert code == 0 and '"samples": 12' in capsys.readouterr().out
     samples = read_samples(tmp_path / "n" / "samples.parquet")

@@ -1,28 +1,44 @@
-"""Every shipped recipe loads and builds its settings."""
+"""Every shipped recipe loads and builds the settings object it configures."""
 
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from mmlong.ingest import IngestOptions
-from mmlong.presets import list_presets, load_preset, recipes_root
+from mmlong.mixtures.mix import MixtureSpec
+from mmlong.presets import GROUPS, list_presets, load_preset, recipes_root
+from mmlong.render.glyph import RenderConfig
+from mmlong.render.search import load_space, to_config
+from tests.conftest import ROOT
 
 
-def test_every_ingest_preset_builds():
-    names = list_presets("ingest")
-    assert {"pdf-144dpi", "pdf-budget", "pdf-pages", "pdf-text", "pdf-figures"} <= set(names)
-    for name in names:
-        opts = IngestOptions.from_preset(name)
-        assert opts.tokens.min_pixels <= opts.tokens.max_pixels
-        assert load_preset("ingest", name)["description"]
+def build_recipe(group: str, name: str):
+    """The settings object a shipped recipe builds (what its command would run with)."""
+    data = load_preset(group, name)
+    if group == "ingest":
+        return IngestOptions.from_preset(name)
+    if group == "render" and name == "search-space":
+        space = load_space(data)
+        return [to_config({k: v[0] for k, v in space.items()}, RenderConfig()),
+                to_config({k: v[-1] for k, v in space.items()}, RenderConfig())]
+    if group == "render":
+        return RenderConfig.from_dict(data)
+    if group == "train":
+        return MixtureSpec.from_dict(data)
+    raise AssertionError(f"no builder for {group}/{name}")
 
 
-def test_all_shipped_yaml_parses():
-    files = [p for group in ("ingest", "render", "train", "eval") for p in (recipes_root() / group).glob("*.yaml")]
-    assert files
-    for path in files:
-        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+@pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in list_presets(g)])
+def test_every_shipped_recipe_builds(group, name):
+    assert load_preset(group, name)["description"]
+    assert build_recipe(group, name) is not None
+
+
+def test_recipes_ship_inside_the_package_and_show_at_the_top():
+    assert recipes_root().parent.name == "mmlong" and (recipes_root() / "ingest" / "pdf-144dpi.yaml").is_file()
+    for group in ("ingest", "render", "train"):
+        assert sorted(p.name for p in (ROOT / group).glob("*.yaml")) == sorted(f"{n}.yaml" for n in list_presets(group))
+    assert {"pdf-144dpi", "pdf-budget", "pdf-pages", "pdf-text", "pdf-figures"} <= set(list_presets("ingest"))
 
 
 def test_144dpi_preset_is_the_mmlongbench_convention():
@@ -39,6 +55,9 @@ def test_overrides_and_bad_presets(tmp_path):
         IngestOptions.from_preset(str(bad))
     bad.write_text("pdf:\n  mode: scan\n")
     with pytest.raises(ValueError, match="mode"):
+        IngestOptions.from_preset(str(bad))
+    bad.write_text("pdf: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
         IngestOptions.from_preset(str(bad))
     with pytest.raises(ValueError, match="unknown ingest preset"):
         load_preset("ingest", "missing")

@@ -203,5 +203,5 @@ def test_missing_ocr_engine_is_named(monkeypatch):
 
 
 def test_token_budget_applies_to_rendered_pages():
-    pages = render_text(TEXT, preset("large-print"), budget=(3136, 256 * 784))
-    assert all(p.tokens == tk.image_tokens(p.height, p.width, 3136, 256 * 784) <= 256 for p in pages)
+    pages = render_text(TEXT, preset("large-print"), budget=tk.PixelBudget(3136, 256 * 784))
+    assert all(p.tokens == tk.image_tokens(p.height, p.width, tk.PixelBudget(3136, 256 * 784)) <= 256 for p in pages)

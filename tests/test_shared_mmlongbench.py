@@ -10,6 +10,7 @@ import pymupdf
 import pytest
 
 from mmlong import store
+from mmlong import tokens as tk
 from mmlong.ingest import ingest
 from mmlong.messages import conversation_tokens, to_messages
 from mmlong.schema import PAGE_IMAGE, TEXT
@@ -54,7 +55,7 @@ def test_interleaved_and_evidence_messages(tmp_path, samples, hf_processor, qwen
     pages = [it for it in doc.items if it.kind == PAGE_IMAGE]
     assert len(pages) == doc.num_pages and all(it.tokens <= 1280 for it in pages)
     evidence = {p - 1 for p in ast.literal_eval(sample["evidence_pages"])}
-    messages = to_messages(doc, question=sample["question"], pages=evidence, min_pixels=3136, max_pixels=1003520)
+    messages = to_messages(doc, question=sample["question"], pages=evidence, budget=tk.PixelBudget(3136, 1003520))
     proc = hf_processor(3136, 1003520)
     images, _ = qwen_vl_utils.process_vision_info(messages)
     ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
@@ -62,8 +63,9 @@ def test_interleaved_and_evidence_messages(tmp_path, samples, hf_processor, qwen
 
 
 def test_synth_on_real_pdfs_has_valid_anchors_and_evidence(tmp_path):
-    from mmlong.train.qa import NOT_ANSWERABLE, TemplateWriter
-    from mmlong.train.samples import read_samples, synth
+    from mmlong.samples import NOT_ANSWERABLE, read_samples
+    from mmlong.synthesis.run import synth
+    from mmlong.synthesis.template import TemplateWriter
 
     names = ["2312.10997v5.pdf", "watch_d.pdf", "san-francisco-11-contents.pdf", "05-03-18-political-release.pdf"]
     report = ingest([str(SHARED_DOC / "documents" / n) for n in names], tmp_path / "ds", preset="pdf-text", progress=False)

@@ -12,52 +12,16 @@ from mmlong import store
 from mmlong import tokens as tk
 from mmlong.ingest import ingest
 from mmlong.messages import resolve_images
-from mmlong.train.qa import NOT_ANSWERABLE, QA, Segment, TemplateWriter, sample_segment
-from mmlong.train.samples import build_sample, read_samples, synth
-from tests.conftest import png_bytes
-
-SECTIONS = [(1, "Introduction", 1), (1, "Method", 4), (2, "Data collection", 5), (1, "Results", 8), (1, "Discussion", 11)]
-CAPTIONS = {2: "Figure 1: Pages ingested per quarter.", 6: "Figure 2: Token counts by document type.",
-            9: "Table 1: Accuracy at four lengths.", 10: "Figure 3: Retrieval heads by layer."}
+from mmlong.samples import NOT_ANSWERABLE, QA, Segment, build_sample, read_samples
+from mmlong.synthesis.run import synth
+from mmlong.synthesis.segments import sample_segment
+from mmlong.synthesis.template import TemplateWriter
+from tests.conftest import CAPTIONS, SECTIONS, sentence
 
 
-def sentence(page: int, k: int) -> str:
-    return (f"On page {page} the committee recorded observation number {k} about the "
-            f"{['north', 'south', 'east', 'west'][k % 4]} archive and its {page * 7 + k} boxes.")
-
-
-def make_report(path):
-    doc = pymupdf.open()
-    for p in range(1, 13):
-        page = doc.new_page(width=595, height=842)
-        body = " ".join(sentence(p, k) for k in range(3))
-        page.insert_textbox(pymupdf.Rect(50, 60, 545, 220), body, fontsize=10)
-        if p in CAPTIONS:
-            page.insert_image(pymupdf.Rect(150, 260, 450, 460), stream=png_bytes(300, 200))
-            page.insert_textbox(pymupdf.Rect(150, 470, 450, 500), CAPTIONS[p], fontsize=9)
-    doc.set_toc([list(s) for s in SECTIONS])
-    doc.set_page_labels([{"startpage": 0, "prefix": "", "style": "r", "firstpagenum": 1},
-                         {"startpage": 2, "prefix": "", "style": "D", "firstpagenum": 1}])
-    doc.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth")
-    make_report(d / "report.pdf")
-    ingest([str(d / "report.pdf")], d / "ds", preset="pdf-budget", workers=1, progress=False)
-    return d / "ds"
-
-
-@pytest.fixture(scope="module")
-def doc(dataset):
-    return next(iter(store.iter_documents(dataset, images=False)))
-
-
-def check_answer(qa: QA, doc) -> None:
+def check_answer(qa: QA, report_doc) -> None:
     """Every template answer, checked against what the PDF was made of."""
-    labels = doc.metadata["page_labels"]
+    labels = report_doc.metadata["page_labels"]
     if qa.kind == "section-start":
         title = qa.anchor.split('"')[1]
         assert [p for _, t, p in SECTIONS if t == title] == [qa.answer] == qa.evidence_pages
@@ -93,24 +57,24 @@ def check_answer(qa: QA, doc) -> None:
         raise AssertionError(qa.kind)
 
 
-def test_segments_are_coherent(doc):
+def test_segments_are_coherent(report_doc):
     for seed in range(20):
-        seg = sample_segment(doc, random.Random(seed), 4, 6)
+        seg = sample_segment(report_doc, random.Random(seed), 4, 6)
         assert 4 <= seg.stop - seg.start <= 6 and 0 <= seg.start and seg.stop <= 12
         assert seg.start + 1 in [p for _, _, p in SECTIONS]  # starts where a section starts
-    assert sample_segment(doc, random.Random(0), 8, 15).stop - sample_segment(doc, random.Random(0), 8, 15).start >= 8
-    assert sample_segment(doc, random.Random(0), 20, 30) == Segment(0, 12)  # short documents: whole
+    assert sample_segment(report_doc, random.Random(0), 8, 15).stop - sample_segment(report_doc, random.Random(0), 8, 15).start >= 8
+    assert sample_segment(report_doc, random.Random(0), 20, 30) == Segment(0, 12)  # short documents: whole
 
 
-def test_template_answers_are_verified_against_the_source(doc):
+def test_template_answers_are_verified_against_the_source(report_doc):
     writer = TemplateWriter(per_kind=5, unanswerable_rate=0.2)
     kinds, tasks = set(), set()
     for seed in range(6):
-        seg = Segment(0, 12) if seed == 0 else sample_segment(doc, random.Random(seed), 8, 12)
-        qas = writer.write(doc, seg, random.Random(seed))
+        seg = Segment(0, 12) if seed == 0 else sample_segment(report_doc, random.Random(seed), 8, 12)
+        qas = writer.write(report_doc, seg, random.Random(seed))
         assert qas
         for qa in qas:
-            check_answer(qa, doc)
+            check_answer(qa, report_doc)
             assert all(part in qa.question for part in re.findall(r'"([^"]+)"', qa.anchor) or [qa.anchor])
             assert all(seg.start < p <= seg.stop for p in qa.evidence_pages)  # written from the segment only
             kinds.add(qa.kind)
@@ -120,15 +84,15 @@ def test_template_answers_are_verified_against_the_source(doc):
                      "caption-count", "sentence-page", "sentence-pages", "sentence-complete", "page-label", "unanswerable"}
 
 
-def test_unanswerable_rate(doc):
-    qas = TemplateWriter(per_kind=3, unanswerable_rate=0.25).write(doc, Segment(0, 12), random.Random(1))
+def test_unanswerable_rate(report_doc):
+    qas = TemplateWriter(per_kind=3, unanswerable_rate=0.25).write(report_doc, Segment(0, 12), random.Random(1))
     share = sum(q.answer == NOT_ANSWERABLE for q in qas) / len(qas)
     assert 0.15 <= share <= 0.3
-    assert not any(q.answer == NOT_ANSWERABLE for q in TemplateWriter(unanswerable_rate=0).write(doc, Segment(0, 12), random.Random(1)))
+    assert not any(q.answer == NOT_ANSWERABLE for q in TemplateWriter(unanswerable_rate=0).write(report_doc, Segment(0, 12), random.Random(1)))
 
 
-def test_ocr_baselines(doc):
-    qas = [q for q in TemplateWriter(ocr_baselines=True).write(doc, Segment(2, 10), random.Random(0)) if q.task.startswith("ocr")]
+def test_ocr_baselines(report_doc):
+    qas = [q for q in TemplateWriter(ocr_baselines=True).write(report_doc, Segment(2, 10), random.Random(0)) if q.task.startswith("ocr")]
     full, needle = qas
     flat = " ".join(full.answer.split())  # the text layer's line breaks are kept in the answer
     assert full.task == "ocr-full" and sentence(12, 2) in flat and sentence(1, 0) in flat
@@ -136,10 +100,10 @@ def test_ocr_baselines(doc):
     assert all(sentence(p, 0) in " ".join(needle.answer.split()) for p in needle.evidence_pages)
 
 
-def test_sample_tokens_and_answer_span_are_exact(dataset, doc, hf_processor, qwen_vl_utils):
+def test_sample_tokens_and_answer_span_are_exact(report_dataset, report_doc, hf_processor, qwen_vl_utils):
     qa = QA("On which page is the caption of Figure 2?", 6, "Int", [6], "extract-single", "caption-page", "Figure 2")
-    sample = build_sample(doc, qa, str(dataset), "template", Segment(4, 12))
-    messages = resolve_images(sample.messages, dataset)
+    sample = build_sample(report_doc, qa, str(report_dataset), "template", Segment(4, 12))
+    messages = resolve_images(sample.messages, report_dataset)
     proc = hf_processor(3136, 1003520)  # the pdf-budget token bounds
     images, _ = qwen_vl_utils.process_vision_info(messages)
     ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
@@ -148,13 +112,13 @@ def test_sample_tokens_and_answer_span_are_exact(dataset, doc, hf_processor, qwe
     assert answer == "6<|im_end|>"
 
 
-def test_synth_writes_samples(dataset, tmp_path):
-    summary = synth(dataset, tmp_path / "s", writer=TemplateWriter(unanswerable_rate=0.1), segments=2, seed=3)
+def test_synth_writes_samples(report_dataset, tmp_path):
+    summary = synth(report_dataset, tmp_path / "s", writer=TemplateWriter(unanswerable_rate=0.1), segments=2, seed=3)
     samples = read_samples(tmp_path / "s" / "samples.parquet")
     assert summary["samples"] == len(samples) > 10 and summary["documents"] == 1
     assert set(summary["tasks"]) == {"extract-single", "extract-multi", "reasoning"}
     assert len({s.sample_id for s in samples}) == len(samples)
-    again = synth(dataset, tmp_path / "t", writer=TemplateWriter(unanswerable_rate=0.1), segments=2, seed=3)
+    again = synth(report_dataset, tmp_path / "t", writer=TemplateWriter(unanswerable_rate=0.1), segments=2, seed=3)
     assert again["samples"] == summary["samples"]
     assert [s.question for s in read_samples(tmp_path / "t" / "samples.parquet")] == [s.question for s in samples]
     s = samples[0]

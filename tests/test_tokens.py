@@ -36,11 +36,11 @@ def test_image_tokens_equal_processor_grid(qwen_vl_utils, hf_processor, min_pixe
         except ValueError as e:  # the processor rejects it: so must mmlong
             assert "aspect ratio" in str(e)
             with pytest.raises(ValueError, match="aspect ratio"):
-                tk.image_tokens(h, w, min_pixels, max_pixels)
+                tk.image_tokens(h, w, tk.PixelBudget(min_pixels, max_pixels))
             continue
         checked += 1
-        assert tuple(grid) == tk.image_grid(h, w, min_pixels, max_pixels), (h, w)
-        assert grid[0] * grid[1] * grid[2] // 4 == tk.image_tokens(h, w, min_pixels, max_pixels), (h, w)
+        assert tuple(grid) == tk.image_grid(h, w, tk.PixelBudget(min_pixels, max_pixels)), (h, w)
+        assert grid[0] * grid[1] * grid[2] // 4 == tk.image_tokens(h, w, tk.PixelBudget(min_pixels, max_pixels)), (h, w)
     assert checked >= 20
 
 
@@ -51,7 +51,7 @@ def test_image_tokens_equal_raw_processor_for_normal_images(hf_processor):
         if min(h, w) < 28 or max(h, w) / min(h, w) > 150:  # qwen-vl-utils' pre-resize differs there
             continue
         grid = ip(images=[Image.new("RGB", (w, h))], return_tensors="np")["image_grid_thw"][0].tolist()
-        assert tuple(grid) == tk.image_grid(h, w, 3136, 1003520), (h, w)
+        assert tuple(grid) == tk.image_grid(h, w, tk.PixelBudget(3136, 1003520)), (h, w)
 
 
 def test_image_pad_count_in_processor_input_ids(hf_processor):
@@ -61,7 +61,7 @@ def test_image_pad_count_in_processor_input_ids(hf_processor):
     images = [Image.new("RGB", (w, h), "white") for h, w in sizes]
     text = "".join(f"page {i}<|vision_start|><|image_pad|><|vision_end|>" for i in range(len(images)))
     ids = proc(text=[text], images=images, return_tensors="np")["input_ids"][0].tolist()
-    assert ids.count(pad) == sum(tk.image_tokens(h, w, 3136, 1003520) for h, w in sizes)
+    assert ids.count(pad) == sum(tk.image_tokens(h, w, tk.PixelBudget(3136, 1003520)) for h, w in sizes)
 
 
 def test_a4_page_at_144_dpi():
@@ -90,7 +90,7 @@ def test_video_frame_count_equals_smart_nframes(qwen_vl_utils, fps):
 
 
 def test_hour_long_video_plan_matches_measured_qwen_defaults():
-    # shared/NOTES.md: a 1 h 640x360 video gives 768 frames at 644x364, 114,816 video tokens.
+    # qwen-vl-utils defaults: a 1 h 640x360 video gives 768 frames at 644x364, 114,816 video tokens.
     plan = tk.plan_video(total_frames=108000, video_fps=30.0, height=360, width=640)
     assert plan == tk.VideoPlan(nframes=768, height=364, width=644, tokens=114816)
 

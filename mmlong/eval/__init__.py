@@ -1,1 +1,2 @@
-"""Long-document VQA, needle retrieval and multimodal retrieval-head evaluation."""
+"""Evaluation: long-document VQA, needle retrieval, vision-text compression, long-video QA and
+multimodal retrieval heads."""

@@ -6,14 +6,13 @@ from __future__ import annotations
 import glob
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mmlong.ingest.pdf import IngestError, check_pdf
+from mmlong.errors import IngestError
+from mmlong.ingest.options import IngestOptions
+from mmlong.ingest.pdf import check_pdf
 from mmlong.ingest.video import VIDEO_SUFFIXES, check_video
 from mmlong.ingest.web import HTML_SUFFIXES, HtmlOptions, read_html
-
-if TYPE_CHECKING:
-    from mmlong.ingest.run import IngestOptions
 
 
 def expand_inputs(paths: list[str]) -> tuple[list[Path | str], dict[str, str]]:

@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.imaging import encode_pixels, pixmap_array
+from mmlong.errors import IngestError
+from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels, pixmap_array
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
 
 MODES = ("pages", "text", "interleaved")
-IMAGE_FORMATS = ("jpeg", "png", "webp")
-
-
-class IngestError(Exception):
-    """An input that cannot be ingested; the message names the reason."""
 
 
 @dataclass
@@ -42,9 +38,9 @@ class PdfOptions:
     """Add embedded images (rendered at their bbox) as figure items among the text blocks."""
     min_figure_side: int = 32
     """Skip embedded images smaller than this many pixels on a side once rendered."""
-    image_format: str = "jpeg"
+    image_format: str = DEFAULT_FORMAT
     """Codec of stored images: jpeg, png or webp (png is ~3x slower to encode)."""
-    quality: int = 90
+    quality: int = DEFAULT_QUALITY
     """JPEG/WebP quality."""
     columns: bool = True
     """Read two-column layouts column by column; else top-to-bottom, left-to-right."""
@@ -52,10 +48,9 @@ class PdfOptions:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"pdf mode must be one of {MODES}, got {self.mode!r}")
-        if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {self.image_format!r}")
-        if self.dpi <= 0 or not 1 <= self.quality <= 100:
-            raise ValueError(f"need dpi > 0 and quality in 1..100, got dpi={self.dpi}, quality={self.quality}")
+        check_encoding("pdf", self.image_format, self.quality)
+        if self.dpi <= 0:
+            raise ValueError(f"need dpi > 0, got dpi={self.dpi}")
         if self.max_pixels is not None and self.min_pixels is not None and self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels ({self.min_pixels}) > max_pixels ({self.max_pixels})")
 
@@ -139,7 +134,7 @@ def _zoom(width_pt: float, height_pt: float, opts: PdfOptions) -> float:
     return zoom
 
 
-def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tuple[int, int], meta=None) -> Item:
+def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tk.PixelBudget, meta=None) -> Item:
     return Item(
         kind=kind,
         image=encode_pixels(pixmap_array(pix), opts.image_format, opts.quality),
@@ -148,13 +143,13 @@ def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tuple
         height=pix.height,
         page=page,
         bbox=tuple(round(v, 2) for v in bbox),
-        tokens=tk.image_tokens(pix.height, pix.width, *budget),
+        tokens=tk.image_tokens(pix.height, pix.width, budget),
         meta=meta,
     )
 
 
-def page_items(page, index: int, opts: PdfOptions, budget: tuple[int, int], tokenizer) -> list[Item]:
-    """Items of one PyMuPDF page, in reading order. `budget` is (min_pixels, max_pixels) of
+def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, tokenizer) -> list[Item]:
+    """Items of one PyMuPDF page, in reading order. `budget` is the pixel budget of
     the Qwen image processor, used for token counts."""
     import pymupdf
 
@@ -205,7 +200,7 @@ def page_items(page, index: int, opts: PdfOptions, budget: tuple[int, int], toke
 _open_doc: tuple[str, Any] | None = None
 
 
-def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tuple[int, int]) -> list[Item]:
+def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tk.PixelBudget) -> list[Item]:
     """Items of pages [start, stop) of the PDF at `path`. Runs in worker processes, which keep
     the last opened document open between calls."""
     global _open_doc
@@ -227,7 +222,7 @@ def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tupl
     return items
 
 
-def pages_table(path: str, doc_id: str, start: int, stop: int, opts: PdfOptions, budget: tuple[int, int]):
+def pages_table(path: str, doc_id: str, start: int, stop: int, opts: PdfOptions, budget: tk.PixelBudget):
     """`pages_items` as an Arrow items table, built in the worker so the parent only writes it."""
     from mmlong.schema import items_table
 

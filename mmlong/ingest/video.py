@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.imaging import encode_pixels
-from mmlong.ingest.pdf import IngestError
+from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels
+from mmlong.errors import IngestError
 from mmlong.schema import TEXT, VIDEO_FRAME, Item
 
 READERS = ("pyav", "opencv", "decord")
@@ -44,8 +44,9 @@ class VideoOptions:
     """Seconds one decord chunk may take before PyAV takes over."""
     seek_after: float = 4.0
     """PyAV: seek instead of decoding through when the next wanted frame is this many seconds on."""
-    image_format: str = "jpeg"
-    quality: int = 90
+    image_format: str = DEFAULT_FORMAT
+    """Codec of stored frames: jpeg, png or webp."""
+    quality: int = DEFAULT_QUALITY
     subtitles: bool = True
     """Interleave the .srt/.vtt file next to the video (same name) with the frames."""
     time_markers: bool = True
@@ -62,8 +63,7 @@ class VideoOptions:
             raise ValueError(f"video reader must be one of {READERS}, got {self.reader!r}")
         if self.fps <= 0 or self.min_frames < 1 or self.max_frames < self.min_frames:
             raise ValueError(f"need fps > 0 and 1 <= min_frames <= max_frames: {self.fps}, {self.min_frames}, {self.max_frames}")
-        if self.image_format not in ("jpeg", "png"):
-            raise ValueError(f"video image_format must be jpeg or png, got {self.image_format!r}")
+        check_encoding("video", self.image_format, self.quality)
         if not 0 < self.min_segment <= self.max_segment:
             raise ValueError(f"need 0 < min_segment <= max_segment, got {self.min_segment}, {self.max_segment}")
 
@@ -283,7 +283,7 @@ def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int],
     return list(_read_pyav(path, wanted, fps, size, opts.seek_after))
 
 
-def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: VideoOptions, budget: tuple[int, int],
+def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: VideoOptions, budget: tk.PixelBudget,
                  tokenizer=None) -> list[Item]:
     """Items of planned frames [start, stop): each frame (after its "<HH:MM:SS>" marker), then
     the subtitle lines that begin before the next sampled frame. Frame meta holds the
@@ -297,7 +297,7 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
         raise IngestError(f"decoded {len(frames)} of {len(wanted)} frames")
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     cues = [Cue(**c) for c in meta.get("cues", [])]
-    frame_tokens = tk.image_tokens(size[0], size[1], *budget)
+    frame_tokens = tk.image_tokens(size[0], size[1], budget)
     items: list[Item] = []
     previous = _hist(frames[0][2]) if start > 0 else None
     if start > 0:
@@ -323,7 +323,7 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
 
 
 def frames_table(path: str, doc_id: str, meta: dict[str, Any], start: int, stop: int, opts: VideoOptions,
-                 budget: tuple[int, int]):
+                 budget: tk.PixelBudget):
     """`frames_items` as an Arrow items table, built in the worker."""
     from mmlong.schema import items_table
 

@@ -26,8 +26,8 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 from mmlong import tokens as tk
-from mmlong.imaging import encode_pixels
-from mmlong.ingest.pdf import IngestError
+from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels
+from mmlong.errors import IngestError
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
 
 HTML_SUFFIXES = {".html", ".htm", ".xhtml"}
@@ -52,14 +52,14 @@ class HtmlOptions:
     viewport_width: int = 1280
     javascript: bool = False
     timeout: float = 30.0
-    image_format: str = "jpeg"
-    quality: int = 90
+    image_format: str = DEFAULT_FORMAT
+    """Codec of stored images and tiles: jpeg, png or webp."""
+    quality: int = DEFAULT_QUALITY
 
     def __post_init__(self) -> None:
         if self.mode not in ("interleaved", "screenshot"):
             raise ValueError(f"html mode must be interleaved or screenshot, got {self.mode!r}")
-        if self.image_format not in ("jpeg", "png"):
-            raise ValueError(f"html image_format must be jpeg or png, got {self.image_format!r}")
+        check_encoding("html", self.image_format, self.quality)
 
 
 def read_html(path: Path, opts: HtmlOptions) -> tuple[str, list[str]]:
@@ -216,7 +216,7 @@ def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions,
     return target.read_bytes(), ""
 
 
-def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], base_url: str | None = None,
+def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: str | None = None,
                tokenizer=None) -> tuple[list[Item], dict[str, Any]]:
     """Items of one page (interleaved mode) and its metadata (title, warnings); `base_url`
     for a page fetched from the network."""
@@ -262,7 +262,7 @@ def page_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], base_url:
         info = captions.get(value, {})
         meta = {"src": value if value not in inline else "data:", **{k: v for k, v in info.items() if v}}
         items.append(Item(FIGURE, image=_encode(image, opts), image_format=opts.image_format, width=image.width,
-                          height=image.height, tokens=tk.image_tokens(image.height, image.width, *budget), meta=meta))
+                          height=image.height, tokens=tk.image_tokens(image.height, image.width, budget), meta=meta))
         if info.get("caption"):
             items.append(Item(TEXT, text=info["caption"], tokens=tk.text_tokens(info["caption"], tok), meta={"tag": "figcaption"}))
     title = re.search(r"<title[^>]*>(.*?)</title>", html, re.I | re.S)
@@ -276,7 +276,7 @@ def find_chromium() -> str:
     raise IngestError("screenshot mode needs Chromium: apt-get install chromium-headless-shell (or chromium)")
 
 
-def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], base_url: str | None = None
+def screenshot_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: str | None = None
                      ) -> tuple[list[Item], dict[str, Any]]:
     """Full-page screenshot tiles of one page (or of `base_url`, whose fetch needed the
     network allowed), every request through the allow-list."""
@@ -328,11 +328,11 @@ def screenshot_items(path: Path, opts: HtmlOptions, budget: tuple[int, int], bas
         tile = shot.crop((0, top, shot.width, min(shot.height, top + tile_h)))
         items.append(Item(PAGE_IMAGE, image=_encode(tile, opts), image_format=opts.image_format, width=tile.width,
                           height=tile.height, page=k, bbox=(0, top, tile.width, top + tile.height),
-                          tokens=tk.image_tokens(tile.height, tile.width, *budget), meta={"tile": k}))
+                          tokens=tk.image_tokens(tile.height, tile.width, budget), meta={"tile": k}))
     return items, {"screenshot": [shot.width, shot.height], "blocked": blocked}
 
 
-def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tuple[int, int], url: str | None = None):
+def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tk.PixelBudget, url: str | None = None):
     """(items table, page metadata) of one page, built in the worker; `url` for a page
     fetched from the network (its items name the URL as their source)."""
     from mmlong.schema import items_table

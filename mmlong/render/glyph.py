@@ -221,8 +221,8 @@ def _clip(page, cfg: RenderConfig, last: bool):
     return type(rect)(0, 0, min(rect.x1, x1), min(rect.y1, y1))
 
 
-def render_text(text: str, cfg: RenderConfig, budget: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS)) -> list[RenderedPage]:
-    """Render `text` to page images; `budget` is the Qwen processor's (min, max) pixels.
+def render_text(text: str, cfg: RenderConfig, budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> list[RenderedPage]:
+    """Render `text` to page images; `budget` sizes their token counts.
     Pages are laid out black on white and tinted to the config's colours."""
     import pymupdf
 
@@ -239,7 +239,7 @@ def render_text(text: str, cfg: RenderConfig, budget: tuple[int, int] = (tk.IMAG
         if tint:
             pix.tint_with(int(cfg.color[1:], 16), int(cfg.background[1:], 16))
         data = pix.tobytes("png") if cfg.image_format == "png" else encode_pixels(pixmap_array(pix), "jpeg", 95)
-        pages.append(RenderedPage(data, pix.width, pix.height, tk.image_tokens(pix.height, pix.width, *budget)))
+        pages.append(RenderedPage(data, pix.width, pix.height, tk.image_tokens(pix.height, pix.width, budget)))
     return pages
 
 

@@ -6,17 +6,15 @@ every document and overall. Resumable like ingest: documents already rendered ar
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.ingest.inputs import expand_inputs
-from mmlong.ingest.run import TokenBudget, run_inline
+from mmlong.pool import Done, Pool
 from mmlong.presets import load_preset
 from mmlong.render.glyph import RenderConfig, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
@@ -86,7 +84,7 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str, str]]:
         yield sha[:16], sha, str(f), "text", text
 
 
-def _render_one(text: str, cfg: RenderConfig, budget: tuple[int, int], ocr: str | None):
+def _render_one(text: str, cfg: RenderConfig, budget: tk.PixelBudget, ocr: str | None):
     pages = render_text(text, cfg, budget)
     legible = None
     if ocr and pages:
@@ -101,7 +99,7 @@ def render(
     out: str | Path,
     preset: str = "glyph-default",
     config: RenderConfig | None = None,
-    budget: TokenBudget | None = None,
+    budget: tk.PixelBudget | None = None,
     ocr: str | None = None,
     workers: int = 0,
     progress: bool = True,
@@ -112,7 +110,7 @@ def render(
     from rich.progress import Progress
 
     cfg = config or RenderConfig.from_dict(load_preset("render", preset))
-    budget = budget or TokenBudget()
+    budget = budget or tk.PixelBudget()
     if ocr:
         from mmlong.render.ocr import engine
 
@@ -122,59 +120,47 @@ def render(
     report = RenderReport(Path(out))
     console = Console(stderr=True)
     workers = workers or len(os.sched_getaffinity(0))
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
-    inflight: dict[Future, tuple[str, str, str, str]] = {}
-    sources = _sources(paths)
     bar = Progress(console=console, disable=not progress)
     task = bar.add_task("render", total=None)
 
-    def collect(fut: Future, doc_id: str, sha: str, source: str, kind: str) -> None:
-        try:
-            pages, text_tokens, legible = fut.result()
-        except Exception as e:
-            report.failed[source] = f"{type(e).__name__}: {e}"
-            writer.fail(source, report.failed[source])
-            console.print(f"failed {source}: {report.failed[source]}", markup=False, highlight=False, soft_wrap=True)
+    def say(what: str, source: str, reason: str) -> None:
+        report.failed[source] = reason
+        writer.fail(source, reason)
+        console.print(f"{what} {source}: {reason}", markup=False, highlight=False, soft_wrap=True)
+
+    def collect(done: Done) -> None:
+        doc_id, sha, source, kind = done.key
+        if done.error is not None:
+            say("failed", source, f"{type(done.error).__name__}: {done.error}")
             return
+        pages, text_tokens, legible = done.result
         sink = writer.open(doc_id, source)
         sink.write([Item(RENDERED_TEXT, image=p.image, image_format=cfg.image_format, width=p.width, height=p.height,
                          page=i, tokens=p.tokens) for i, p in enumerate(pages)])
-        done = RenderedDoc(source, len(pages), text_tokens, sum(p.tokens for p in pages), legible)
-        meta = {"source_kind": kind, "source_text_tokens": text_tokens, "compression_ratio": round(done.ratio, 4)}
+        rendered = RenderedDoc(source, len(pages), text_tokens, sum(p.tokens for p in pages), legible)
+        meta = {"source_kind": kind, "source_text_tokens": text_tokens, "compression_ratio": round(rendered.ratio, 4)}
         if legible is not None:
             meta["legibility"] = round(legible, 4)
         writer.commit(sink, Document(doc_id, source, RENDERED_TEXT, sha, len(pages), options=options, metadata=meta))
-        report.documents.append(done)
+        report.documents.append(rendered)
         bar.advance(task)
 
-    try:
-        with bar:
-            for doc_id, sha, source, kind, text in sources:
-                if not doc_id:
-                    report.failed[source] = text
-                    writer.fail(source, text)
-                    console.print(f"skipped {source}: {text}", markup=False, highlight=False, soft_wrap=True)
-                    continue
-                if doc_id in writer.committed:
-                    report.skipped.append(source)
-                    continue
-                args = (text, cfg, (budget.min_pixels, budget.max_pixels), ocr)
-                if pool is None:
-                    collect(run_inline(_render_one, *args), doc_id, sha, source, kind)
-                    continue
-                inflight[pool.submit(_render_one, *args)] = (doc_id, sha, source, kind)
-                if len(inflight) >= 2 * workers:
-                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        collect(f, *inflight.pop(f))
-            for f in list(inflight):
-                collect(f, *inflight.pop(f))
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    from mmlong.report import summarize
-
-    writer.close(summary=summarize(Path(out)))
+    with bar, Pool(workers) as pool:
+        for doc_id, sha, source, kind, text in _sources(paths):
+            if not doc_id:
+                say("skipped", source, text)
+                continue
+            if doc_id in writer.committed:
+                report.skipped.append(source)
+                continue
+            pool.submit((doc_id, sha, source, kind), _render_one, text, cfg, budget, ocr)
+            while len(pool) >= 2 * workers or (workers <= 1 and len(pool)):
+                for done in pool.wait():
+                    collect(done)
+        while len(pool):
+            for done in pool.wait():
+                collect(done)
+    writer.close()
     return report
 
 

@@ -117,7 +117,7 @@ def search(
     space: dict[str, list],
     settings: SearchSettings = SearchSettings(),
     base: RenderConfig | None = None,
-    budget_pixels: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS),
+    pixel_budget: tk.PixelBudget = tk.DEFAULT_BUDGET,
     progress: Callable[[Evaluation], None] | None = None,
 ) -> SearchResult:
     """Search `space` for configs rendering `text` with the most compression at a legibility
@@ -137,7 +137,7 @@ def search(
                 cfg = to_config(genes, base)
             except ValueError:
                 return None
-            pages = render_text(text, cfg, budget_pixels)
+            pages = render_text(text, cfg, pixel_budget)
             ratio = compression(text, pages).ratio
             legible = float(score(text, pages))
             seen[key] = Evaluation(genes, ratio, legible, legible >= settings.floor, generation)

@@ -1,44 +1,49 @@
-"""Samples into model inputs: tokenized by the processor, loss on the answer span only, and
-packed into one row whose samples keep their own positions.
+"""Samples into model inputs: encoded by the processor, loss on the answer span only, packed
+into rows whose samples keep their own positions. Runs in DataLoader workers: positions come
+from `positions.rope_index`, not from the model.
 
-Packing follows what transformers 5.x needs to keep packed Qwen2.5-VL samples apart
-(shared/NOTES.md, Packing): `position_ids` of shape (4, 1, L) where row 0 holds text positions
-restarting at 0 for every sample and rows 1-3 each sample's own M-RoPE positions (the
-model's `get_rope_index` run on that sample alone); call the model with
-`attention_mask=None` and `use_cache=False`. The first token of every sample carries no
-label, so nothing is predicted across a boundary.
+Packing follows what transformers 5.x needs to keep packed Qwen2.5-VL samples apart:
+`position_ids` of shape (4, B, L) where row 0 holds text positions restarting at 0 for every
+sample and rows 1-3 each sample's own M-RoPE positions; call the model with
+`attention_mask=None` and `use_cache=False` (with a cache, packed samples see each other).
+The first token of every sample carries no label, so nothing is predicted across a boundary.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mmlong.messages import resolve_images
-from mmlong.train.samples import Sample
+from mmlong.samples import Sample, layout
+from mmlong.train.loss import IGNORE
+from mmlong.train.positions import sample_positions
 
-IGNORE = -100
 
-
-def encode(sample: Sample, processor) -> dict[str, Any]:
-    """Processor inputs of one sample (batch of one, tensors without the batch axis) with
-    labels on [answer_start, answer_end) only. The processor's image bounds must be those the
-    sample was counted with; a length mismatch is an error, never silently trained on."""
+def encode(sample: Sample, processor, images: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Processor inputs of one sample (tensors without the batch axis) with labels on
+    [answer_start, answer_end) only. The processor must resize images under the sample's
+    budget: a length or vision-span mismatch is an error, never silently trained on."""
     import torch
 
-    messages = resolve_images(sample.messages, sample.dataset)
-    images = [e["image"] for m in messages if not isinstance(m["content"], str) for e in m["content"]
-              if e.get("type") == "image"]
-    images = [_rgb(im) for im in images]
+    messages = resolve_images(sample.messages, sample.dataset) if sample.image_tokens else sample.messages
+    pictures = [_rgb(e["image"]) for m in messages if not isinstance(m["content"], str) for e in m["content"]
+                if e.get("type") == "image"]
     text = processor.apply_chat_template(messages, tokenize=False)
-    out = processor(text=[text], images=images or None, return_tensors="pt")
+    out = processor(text=[text], images=pictures or None, return_tensors="pt")
     ids = out["input_ids"][0]
-    if len(ids) != sample.total_tokens:
+    lay = layout(sample)
+    if len(ids) != lay.length:
         raise ValueError(f"sample {sample.sample_id}: the processor gives {len(ids)} tokens where the sample counted "
-                         f"{sample.total_tokens}; configure its min/max pixels as the dataset's token budget")
+                         f"{lay.length}; give the processor the sample's pixel budget {sample.budget}")
+    starts = [s.start for s in lay.items if s.kind != "text"]
+    vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    if any(int(ids[i]) != vision_start for i in starts):
+        raise ValueError(f"sample {sample.sample_id}: its images are not where its layout puts them")
     labels = torch.full_like(ids, IGNORE)
     labels[sample.answer_start : sample.answer_end] = ids[sample.answer_start : sample.answer_end]
     encoded = {"input_ids": ids, "labels": labels, "mm_token_type_ids": out["mm_token_type_ids"][0]}
-    if images:
+    if pictures:
         encoded["pixel_values"] = out["pixel_values"]
         encoded["image_grid_thw"] = out["image_grid_thw"]
     return encoded
@@ -48,26 +53,15 @@ def _rgb(image):
     from PIL import Image
 
     if isinstance(image, Image.Image) and image.mode != "RGB":
-        return image.convert("RGB")
+        background = Image.new("RGB", image.size, (255, 255, 255))  # transparency onto white, as qwen-vl-utils does
+        background.paste(image, mask=image.convert("RGBA").getchannel("A"))
+        return background
     return image
 
 
-def sample_positions(encoded: dict[str, Any], model) -> Any:
-    """(4, L) positions of one sample: text positions, then its M-RoPE (t, h, w) positions.
-    Shape: (4, L)."""
-    import torch
-
-    ids = encoded["input_ids"][None]
-    rope, _ = model.model.get_rope_index(
-        ids, encoded["mm_token_type_ids"][None], image_grid_thw=encoded.get("image_grid_thw")
-    )
-    text = torch.arange(ids.shape[1], dtype=rope.dtype)[None, None]
-    return torch.cat([text, rope], dim=0)[:, 0]
-
-
-def pack_inputs(encoded: list[dict[str, Any]], model) -> dict[str, Any]:
-    """One packed row of several encoded samples, for `model(**row, attention_mask=None,
-    use_cache=False)`. Shapes: input_ids, labels (1, L); position_ids (4, 1, L)."""
+def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_per_second: float = 2) -> dict[str, Any]:
+    """One packed row of several encoded samples. Shapes: input_ids, labels,
+    mm_token_type_ids (L,); position_ids (4, L)."""
     import torch
 
     labels = []
@@ -76,13 +70,52 @@ def pack_inputs(encoded: list[dict[str, Any]], model) -> dict[str, Any]:
         lab[0] = IGNORE  # never predict a sample's first token from the previous sample
         labels.append(lab)
     row = {
-        "input_ids": torch.cat([e["input_ids"] for e in encoded])[None],
-        "labels": torch.cat(labels)[None],
-        "position_ids": torch.cat([sample_positions(e, model) for e in encoded], dim=1)[:, None],
-        "mm_token_type_ids": torch.cat([e["mm_token_type_ids"] for e in encoded])[None],
+        "input_ids": torch.cat([e["input_ids"] for e in encoded]),
+        "labels": torch.cat(labels),
+        "position_ids": torch.cat([sample_positions(e, spatial_merge_size, tokens_per_second) for e in encoded], dim=1),
+        "mm_token_type_ids": torch.cat([e["mm_token_type_ids"] for e in encoded]),
     }
     with_images = [e for e in encoded if "pixel_values" in e]
     if with_images:
         row["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
         row["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
     return row
+
+
+def stack_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Rows of different lengths as one batch: each padded at its end with `pad_id` tokens that
+    form a sample of their own (positions from 0, no labels). Shapes: input_ids, labels,
+    mm_token_type_ids (B, L); position_ids (4, B, L)."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    batch: dict[str, Any] = {k: [] for k in ("input_ids", "labels", "mm_token_type_ids", "position_ids")}
+    for r in rows:
+        n = width - len(r["input_ids"])
+        batch["input_ids"].append(torch.cat([r["input_ids"], torch.full((n,), pad_id, dtype=r["input_ids"].dtype)]))
+        batch["labels"].append(torch.cat([r["labels"], torch.full((n,), IGNORE, dtype=r["labels"].dtype)]))
+        batch["mm_token_type_ids"].append(torch.cat([r["mm_token_type_ids"], r["mm_token_type_ids"].new_zeros(n)]))
+        batch["position_ids"].append(torch.cat([r["position_ids"], torch.arange(n).expand(4, n)], dim=1))
+    out = {k: torch.stack(v, dim=1 if k == "position_ids" else 0) for k, v in batch.items()}
+    pictures = [r for r in rows if "pixel_values" in r]
+    if pictures:
+        out["pixel_values"] = torch.cat([r["pixel_values"] for r in pictures])
+        out["image_grid_thw"] = torch.cat([r["image_grid_thw"] for r in pictures])
+    out["label_tokens"] = int((out["labels"][:, 1:] != IGNORE).sum())
+    out["real_tokens"] = sum(len(r["input_ids"]) for r in rows)
+    return out
+
+
+@dataclass
+class Collator:
+    """DataLoader `collate_fn`: a list of windows (each a list of samples) into one batch.
+    Picklable, so it runs in worker processes."""
+
+    processor: Any
+    spatial_merge_size: int = 2
+    tokens_per_second: float = 2
+
+    def __call__(self, windows: list[list[Sample]]) -> dict[str, Any]:
+        rows = [pack_row([encode(s, self.processor) for s in window], self.spatial_merge_size, self.tokens_per_second)
+                for window in windows]
+        return stack_rows(rows, self.processor.tokenizer.pad_token_id or 0)

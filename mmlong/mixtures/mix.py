@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mmlong import tokens as tk
 from mmlong.presets import build
 from mmlong.schema import Document
 from mmlong.store import atomic_write_text, iter_documents
-from mmlong.train.packing import pack
-from mmlong.train.qa import QA, Segment
-from mmlong.train.samples import Sample, build_sample, write_samples
+from mmlong.mixtures.packing import pack
+from mmlong.samples import QA, Sample, Segment, build_sample, write_samples
 
 MODES = ("balanced", "target-focused")
 
@@ -64,14 +64,11 @@ class MixtureSpec:
         return [x / sum(w) for x in w]
 
     def bin_of(self, tokens: int) -> int | None:
-        for i, edge in enumerate(self.bins):
-            if tokens <= edge:
-                return i
-        return None
+        i = tk.length_bin(tokens, self.bins)
+        return i if i < len(self.bins) else None
 
     def bin_label(self, i: int) -> str:
-        lo = self.bins[i - 1] if i else 0
-        return f"{lo // 1024}K-{self.bins[i] // 1024}K"
+        return tk.bin_label(i, self.bins)
 
 
 def _quotas(total: int, shares: list[float]) -> list[int]:
@@ -229,7 +226,11 @@ def run_mix(samples: list[Sample], spec: MixtureSpec, out: str | Path) -> MixRep
     chosen, report = mix(samples, spec)
     write_samples(chosen, out / "mix.parquet")
     if spec.pack and chosen:
-        windows = pack([(s.sample_id, s.total_tokens) for s in chosen], spec.max_length)
+        budgets = {s.budget for s in chosen}
+        if len(budgets) > 1:
+            raise ValueError(f"the samples were counted under different pixel budgets {sorted(map(str, budgets))}: "
+                             "one mixture is trained with one processor, mix them separately")
+        windows = pack([(s.sample_id, s.total_tokens) for s in chosen], spec.max_length, budgets.pop())
         windows.write(out / "packs.parquet")
         report.packing = windows.summary()
     plot_lengths(chosen, spec, out / "lengths.png")

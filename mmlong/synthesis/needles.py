@@ -1,8 +1,9 @@
 """Needles in long interleaved haystacks, for training and evaluation.
 
-A haystack is the item sequence of one or more documents (PDF pages, webpages, video frames)
-cut at a target token length, never inside an item. Needles go in at a depth (0 = start,
-1 = end) as whole items:
+A haystack is a run of the units of one or more documents, filled to a target token length:
+text items split at sentence boundaries (so even a 128-token sample is >= 95% full), page
+images, figures and video frames whole (an image is never cut). Needles go in at a depth
+(0 = start, 1 = end) as whole items:
 
 - text (RULER): "One of the special magic numbers for {key} is: {value}." with the variants
   single, multi-key (distractor keys), multi-value (one key, several values), multi-query
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable
 
 from mmlong import tokens as tk
 from mmlong.messages import image_ref
 from mmlong.schema import FIGURE, TEXT, VIDEO_FRAME, Document, Item
-from mmlong.train.qa import QA
+from mmlong.samples import QA, Segment, build_with_layout, write_samples
 
 VARIANTS = ("single", "multi-key", "multi-value", "multi-query", "count", "sum")
 MODALITIES = ("text", "image", "video")
@@ -33,6 +35,9 @@ ADJECTIVES = ["amber", "brisk", "calm", "dusty", "eager", "frosty", "gentle", "h
 NOUNS = ["anchor", "badger", "canyon", "dynamo", "ember", "falcon", "glacier", "harbor", "island", "jungle", "kettle",
          "lantern", "meadow", "nebula", "orchard", "pebble", "quarry", "river", "summit", "tundra", "violin", "willow"]
 RULER = "One of the special magic numbers for {key} is: {value}."
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+FILL = 0.95
+"""A needle sample holds at least this share of its target length."""
 
 
 @dataclass
@@ -44,7 +49,7 @@ class NeedleSpec:
     depth: float = 0.5
     """Where the (first) needle goes, 0..1; further needles spread evenly after it."""
     target_tokens: int = 32768
-    """Length of the haystack's items, in tokens."""
+    """Length of the sample (haystack, needles, question and answer), in tokens."""
     count: int = 4
     """Needles (keys, values or hidden items) for the multi, count and sum variants."""
 
@@ -58,20 +63,99 @@ class NeedleSpec:
 
 
 def haystack(docs: Iterable[Document], target_tokens: int) -> list[Item]:
-    """Items of `docs` in order, as many whole items as fit in `target_tokens`; image items
-    keep a reference to where they live."""
+    """Items of `docs` in order, as many whole items as fit in `target_tokens`; each keeps a
+    reference to where it lives in the source dataset (`meta["ref"]`)."""
     out: list[Item] = []
     total = 0
+    for item in pool(docs, unit="item"):
+        if total + item.tokens > target_tokens:
+            break
+        out.append(item)
+        total += item.tokens
+    return out
+
+
+def pool(docs: Iterable[Document], unit: str = "sentence", strip_digits: bool = False, tokenizer=None) -> list[Item]:
+    """The haystack units of `docs`, in order, each with `meta["ref"]` naming the item it comes
+    from: whole items, or (unit="sentence") text items split into sentences. `strip_digits`
+    removes digits from the text (RULER's haystacks hold no numbers a needle could be
+    confused with)."""
+    if unit not in ("item", "sentence"):
+        raise ValueError(f"haystack unit must be item or sentence, got {unit!r}")
+    tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
+    out: list[Item] = []
     for doc in docs:
         for seq, item in enumerate(doc.items):
-            if total + item.tokens > target_tokens:
-                return out
-            meta = dict(item.meta or {})
-            if item.is_image:
-                meta["ref"] = image_ref(doc.doc_id, seq)
-            out.append(replace(item, meta=meta))
-            total += item.tokens
+            meta = {**(item.meta or {}), "ref": image_ref(doc.doc_id, seq)}  # where it lives (images) or came from
+            if item.is_image or (unit == "item" and not strip_digits):
+                out.append(replace(item, meta=meta))
+                continue
+            text = item.text or ""
+            parts = [p.strip() for p in _SENTENCE_END.split(text)] if unit == "sentence" else [text]
+            if strip_digits:
+                parts = [" ".join(re.sub(r"\d", "", p).split()) for p in parts]
+            parts = [p for p in parts if p]
+            for part, n in zip(parts, tk.texts_tokens(parts, tok)):
+                out.append(replace(item, text=part, tokens=n, meta=meta))
     return out
+
+
+def fill(units: list[Item], budget: int, start: int = 0, lookahead: int = 64) -> list[Item]:
+    """Consecutive units from `start` (wrapping around) within `budget` tokens; a unit that
+    does not fit is passed over for one of the next `lookahead` that does."""
+    out: list[Item] = []
+    total, skipped, i = 0, 0, start
+    while skipped < lookahead and i < start + len(units):
+        unit = units[i % len(units)]
+        i += 1
+        if total + unit.tokens <= budget:
+            out.append(unit)
+            total += unit.tokens
+            skipped = 0
+        else:
+            skipped += 1
+    return out
+
+
+def needle_sample(units: list[Item], spec: NeedleSpec, rng: random.Random, dataset: str,
+                  budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer=None):
+    """A needle sample of `spec.target_tokens` tokens: needles and question over a haystack run
+    of `units` starting at a random unit, filled to at least FILL of the length (a gap left at
+    the end takes the largest other unit that fits it); ValueError if the units cannot."""
+    import bisect
+
+    if not units:
+        raise ValueError("no haystack units to build needle samples from")
+    tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
+    target = spec.target_tokens
+    needles_seed, start = rng.getrandbits(64), rng.randrange(len(units))
+
+    def build(items):
+        return build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
+
+    bare, _ = build([])
+    if bare.total_tokens > target:
+        raise ValueError(f"needles, question and answer alone take {bare.total_tokens} tokens, more than {target}")
+    items = fill(units, target - bare.total_tokens, start)
+    by_size = sorted(units, key=lambda u: u.tokens)
+    sizes = [u.tokens for u in by_size]
+    for _ in range(16):
+        sample, doc = build(items)
+        if sample.total_tokens > target:  # the newlines between items took some tokens too: shed from the end
+            excess = sample.total_tokens - target
+            while excess > 0 and items:
+                excess -= items.pop().tokens
+            continue
+        if sample.total_tokens >= FILL * target:
+            break
+        k = bisect.bisect_right(sizes, target - sample.total_tokens - 1) - 1
+        if k < 0:
+            break
+        items.insert(rng.randrange(len(items) + 1), by_size[k])
+    if not FILL * target <= sample.total_tokens <= target:
+        raise ValueError(f"the haystack fills {sample.total_tokens} of {target} tokens: its units (largest "
+                         f"{max(sizes)} tokens) are too large or too few for this length")
+    return sample, doc
 
 
 def _key(rng: random.Random, used: set[str]) -> str:
@@ -104,10 +188,10 @@ def _card(text: str, size: tuple[int, int], star: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def _image_needle(kind: str, text: str, size: tuple[int, int], budget: tuple[int, int], star: bool, **where) -> Item:
+def _image_needle(kind: str, text: str, size: tuple[int, int], budget: tk.PixelBudget, star: bool, **where) -> Item:
     w, h = size
     return Item(kind, image=_card(text, size, star), image_format="png", width=w, height=h,
-                tokens=tk.image_tokens(h, w, *budget), meta={"generated": True, "needle": text or "star"}, **where)
+                tokens=tk.image_tokens(h, w, budget), meta={"generated": True, "needle": text or "star"}, **where)
 
 
 def _positions(items: list[Item], depths: list[float]) -> list[int]:
@@ -120,7 +204,7 @@ def _positions(items: list[Item], depths: list[float]) -> list[int]:
 
 
 def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
-                   budget: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS)) -> tuple[list[Item], QA]:
+                   budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> tuple[list[Item], QA]:
     """`items` with the spec's needles inserted, and the question that finds them."""
     n = 1 if spec.variant == "single" else spec.count
     if spec.variant == "sum":
@@ -175,107 +259,54 @@ def _question(spec: NeedleSpec, keys: list[str], values: list[str]) -> tuple[str
             int(values[0]) + int(values[1]), "Int")
 
 
-def needle_offsets(sample, doc: Document, tokenizer=None) -> list[int]:
-    """Exact token offsets of the needles in the model input of `sample` (built from `doc`):
-    text needles where their tokens start, image needles at their <|vision_start|>."""
-    from mmlong.messages import image_element_tokens, render_chat
-    from mmlong.train.samples import image_tokens
-
-    tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
-    ids = tok.encode(render_chat(sample.messages), add_special_tokens=False).ids
-    pad, start = tok.token_to_id("<|image_pad|>"), tok.token_to_id("<|vision_start|>")
-    counts = image_tokens(doc)
-    elements = [e for m in sample.messages if not isinstance(m["content"], str) for e in m["content"] if e["type"] == "image"]
-    sizes = [image_element_tokens(e, counts) for e in elements]
-    expanded, k = [], 0  # the token ids with every image pad expanded
-    for t in ids:
-        if t == pad:
-            expanded += [pad] * sizes[k]
-            k += 1
-        else:
-            expanded.append(t)
-    image_starts = [i for i, t in enumerate(expanded) if t == start]
-    offsets = []
-    images_seen = 0
-    for item in doc.items:
-        if item.is_image:
-            images_seen += 1
-        if not (item.meta or {}).get("generated"):
-            continue
-        if item.is_image:
-            offsets.append(image_starts[images_seen - 1])
-        else:
-            # without the final ".", which the tokenizer may merge with the newline that follows
-            needle = tok.encode(item.text.rstrip("."), add_special_tokens=False).ids
-            offsets.append(next(i for i in range(len(expanded)) if expanded[i : i + len(needle)] == needle))
-    return offsets
-
-
 def build_needle_sample(items: list[Item], spec: NeedleSpec, rng: random.Random, dataset: str,
-                        budget: tuple[int, int] = (tk.IMAGE_MIN_PIXELS, tk.IMAGE_MAX_PIXELS), tokenizer=None):
-    """A training/evaluation sample: the haystack with its needles, the question, the answer."""
-    from mmlong.train.qa import Segment
-    from mmlong.train.samples import build_sample
-
+                        budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer=None):
+    """A training/evaluation sample: the haystack with its needles, the question, the answer.
+    The needles' token offsets (text: their first token; images: their <|vision_start|>) come
+    from the sample's layout."""
     hay, qa = insert_needles(items, spec, rng, budget)
-    doc = Document(f"needle-{rng.getrandbits(48):012x}", dataset, "needle", "", options={"tokens": {
-        "min_pixels": budget[0], "max_pixels": budget[1]}}, items=hay)
-    sample = build_sample(doc, qa, dataset, "needles", Segment(0, 0), tokenizer)
-    offsets = needle_offsets(sample, doc, tokenizer)
+    doc = Document(f"needle-{rng.getrandbits(48):012x}", dataset, "needle", "", items=hay)
+    sample, lay = build_with_layout(doc, qa, dataset, "needles", Segment(0, 0), tokenizer, budget)
+    offsets = [s.start for s in lay.needles()]
     sample.extra = {"variant": spec.variant, "modality": spec.modality, "depth": spec.depth,
                     "target_tokens": spec.target_tokens, "haystack_tokens": sum(it.tokens for it in items),
                     "needle_offsets": offsets, "needle_depths": [round(o / sample.total_tokens, 4) for o in offsets]}
     return sample, doc
 
 
-RESERVE = 256
-"""Tokens first kept free of haystack for the chat template, question and answer."""
-
-
 def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[float], variants: list[str],
-                   modality: str = "text", count: int = 4, seed: int = 0) -> dict:
-    """Needle samples for every (length, depth, variant) over the documents of `dataset`
-    (cycled when shorter than the length), written to out/samples.parquet."""
+                   modality: str = "text", count: int = 4, seed: int = 0, unit: str = "sentence",
+                   strip_digits: bool = False) -> dict:
+    """Needle samples for every (length, depth, variant) over the documents of `dataset` (a
+    haystack run starting at a random unit, cycled when shorter than the length), written to
+    out/samples.parquet."""
     import itertools
     import json
     from collections import Counter
     from pathlib import Path
 
     from mmlong.store import atomic_write_text, iter_documents
-    from mmlong.train.samples import write_samples
 
     dataset = str(Path(dataset).resolve())
     docs = list(iter_documents(Path(dataset), images=False))
     if not docs or not any(d.items for d in docs):
         raise ValueError(f"{dataset}: no documents with items to build haystacks from")
-    bounds = docs[0].options.get("tokens", {})
-    budget = (bounds.get("min_pixels", tk.IMAGE_MIN_PIXELS), bounds.get("max_pixels", tk.IMAGE_MAX_PIXELS))
+    budget = tk.PixelBudget.from_options(docs[0].options)
     if modality == "video":
         docs = [d for d in docs if any(it.kind == VIDEO_FRAME for it in d.items)]
         if not docs:
             raise ValueError(f"{dataset}: video needles need documents of video frames")
     rng = random.Random(seed)
     tok = tk.load_tokenizer()
+    units = pool(docs, unit, strip_digits, tok)
     samples = []
     for length, depth, variant in itertools.product(lengths, depths, variants):
-        spec = NeedleSpec(variant, modality, depth, length, count)
-        start = rng.randrange(len(docs))
-        cycle = itertools.islice(itertools.cycle(docs[start:] + docs[:start]), 10_000)
-        items = haystack(cycle, length - RESERVE)
-        needles_seed = rng.getrandbits(64)
-        while True:  # the sample (haystack, needles, question) must fit the length: shed items until it does
-            sample, _ = build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
-            excess = sample.total_tokens - length
-            if excess <= 0:
-                break
-            if not items:
-                raise ValueError(f"needles, question and answer alone exceed {length} tokens")
-            while excess > 0 and items:
-                excess -= items.pop().tokens
+        sample, _ = needle_sample(units, NeedleSpec(variant, modality, depth, length, count), rng, dataset, budget, tok)
         samples.append(sample)
     write_samples(samples, Path(out) / "samples.parquet")
     summary = {"dataset": dataset, "samples": len(samples), "modality": modality,
                "kinds": dict(Counter(s.kind for s in samples)),
-               "tokens": {"min": min(s.total_tokens for s in samples), "max": max(s.total_tokens for s in samples)}}
+               "tokens": {"min": min(s.total_tokens for s in samples), "max": max(s.total_tokens for s in samples)},
+               "fill": round(min(s.total_tokens / s.extra["target_tokens"] for s in samples), 4)}
     atomic_write_text(Path(out) / "needles.json", json.dumps(summary, indent=2))
     return summary

@@ -1,13 +1,8 @@
-"""Long-document VQA synthesis (the MMProLong recipe): sample a coherent 8-15 page segment, write
-QA pairs from that segment alone, anchored so they stay unambiguous in the whole document
-(the sample shows the full document).
+"""The template writer: long-document QA from a document's own structure and text, no model.
 
-Task types: extract-single (evidence on one page), extract-multi (2+ pages), reasoning
-(compute, compare, count); ablation baselines ocr-full and ocr-needle. Pages in questions
-and answers are 1-based positions in the file ("page 5" is the fifth page of the PDF).
-
-`TemplateWriter` needs no model: every answer comes from the document's own outline, captions,
-page labels and text layer, so every answer can be checked against the source.
+Every answer comes from the outline, captions, page labels and text layer, so every answer
+can be checked against the source. Pages in questions and answers are 1-based positions in
+the file ("page 5" is the fifth page of the PDF).
 """
 
 from __future__ import annotations
@@ -16,85 +11,13 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
-from mmlong.schema import TEXT, Document
+from mmlong.samples import NOT_ANSWERABLE, QA, Segment
+from mmlong.schema import Document
+from mmlong.synthesis.segments import page_texts
 
-TASKS = ("extract-single", "extract-multi", "reasoning", "ocr-full", "ocr-needle", "needle")
-FORMATS = ("Int", "Float", "Str", "List", "None")
-NOT_ANSWERABLE = "Not answerable"
 _CAPTION = re.compile(r"^\s*((?:Figure|Fig\.|Table)\s+(\d+))\s*[:.]\s*(.+)", re.S)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-
-
-@dataclass
-class QA:
-    """A question, its answer and the pages that hold the evidence."""
-
-    question: str
-    answer: Any
-    answer_format: str
-    """Int, Float, Str, List, or None for "Not answerable" (MMLongBench-Doc's formats)."""
-    evidence_pages: list[int]
-    """1-based pages, empty for unanswerable questions."""
-    task: str
-    kind: str
-    """The generator that wrote it (section-start, caption-text, ...)."""
-    anchor: str = ""
-    """What makes the question unambiguous in the whole document: words of the question (each
-    quoted part of it appears in the question)."""
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS or self.answer_format not in FORMATS:
-            raise ValueError(f"task {self.task!r} / answer_format {self.answer_format!r} not among {TASKS} / {FORMATS}")
-
-    @property
-    def answer_text(self) -> str:
-        if isinstance(self.answer, list):
-            return ", ".join(str(a) for a in self.answer)
-        return str(self.answer)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Pages [start, stop) of a document, 0-based."""
-
-    start: int
-    stop: int
-
-    @property
-    def pages(self) -> range:
-        return range(self.start, self.stop)
-
-    def label(self) -> str:
-        return f"pages {self.start + 1}-{self.stop}"
-
-
-class Writer(Protocol):
-    name: str
-
-    def write(self, doc: Document, segment: Segment, rng: random.Random) -> list[QA]: ...
-
-
-def sample_segment(doc: Document, rng: random.Random, min_pages: int = 8, max_pages: int = 15) -> Segment:
-    """A coherent run of 8-15 pages: it starts where an outline section starts when the
-    outline offers one that fits, else anywhere. Short documents are one segment."""
-    n = doc.num_pages
-    if n <= min_pages:
-        return Segment(0, n)
-    length = rng.randint(min_pages, min(max_pages, n))
-    starts = sorted({p - 1 for _, _, p in doc.metadata.get("toc", []) if 1 <= p <= n - min_pages + 1})
-    start = rng.choice(starts) if starts else rng.randint(0, n - length)
-    return Segment(start, min(n, start + length))
-
-
-def page_texts(doc: Document) -> dict[int, list[str]]:
-    """Text items per 0-based page, in reading order."""
-    pages: dict[int, list[str]] = {}
-    for it in doc.items:
-        if it.kind == TEXT and it.text and it.page is not None:
-            pages.setdefault(it.page, []).append(it.text)
-    return pages
 
 
 def _sentences(text: str) -> list[str]:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mmlong.schema import Document
-from mmlong.train.qa import FORMATS, NOT_ANSWERABLE, QA, Segment, page_texts
+from mmlong.samples import FORMATS, NOT_ANSWERABLE, QA, Segment
+from mmlong.synthesis.segments import page_texts
 
 _TASKS = ("extract-single", "extract-multi", "reasoning")
 
