@@ -42,9 +42,10 @@ def run_inline(fn: Callable, *args) -> Future:
 class Pool:
     """`submit(key, fn, *args)` tasks, then `wait()` for the next finished ones."""
 
-    def __init__(self, workers: int, initializer: Callable[[], None] | None = None, retries: int = 1) -> None:
+    def __init__(self, workers: int, initializer: Callable[..., None] | None = None, retries: int = 1,
+                 initargs: tuple = ()) -> None:
         self.workers = workers
-        self.initializer = initializer
+        self.initializer, self.initargs = initializer, initargs
         self.retries = retries
         self.executor = self._start() if workers > 1 else None
         self.inflight: dict[Future, tuple[Hashable, Callable, tuple]] = {}
@@ -53,7 +54,7 @@ class Pool:
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=self.initializer)
+                                   initializer=self.initializer, initargs=self.initargs)
 
     def __len__(self) -> int:
         """Tasks submitted and not yet returned by `wait`."""

@@ -251,3 +251,23 @@ def report_doc(report_dataset):
     from mmlong import store
 
     return next(iter(store.iter_documents(report_dataset, images=False)))
+
+
+@pytest.fixture(scope="session")
+def page_samples(tmp_path_factory):
+    """Three samples over one-to-three-page PDFs rendered at 10 dpi (pages of a few tokens each)."""
+    from mmlong import store
+    from mmlong.ingest import IngestOptions, ingest
+    from mmlong.ingest.pdf import PdfOptions
+    from mmlong.samples import QA, Segment, build_sample
+
+    d = tmp_path_factory.mktemp("collate")
+    for k, pages in enumerate([2, 3, 1]):
+        write_pdf(d / f"d{k}.pdf", [f"Doc {k} page {p}. Short text." for p in range(pages)])
+    opts = IngestOptions(pdf=PdfOptions(dpi=10, min_pixels=None))  # pages of ~83x117 px: a few tokens each
+    ingest([str(d)], d / "ds", options=opts, workers=1, progress=False)
+    out = []
+    for doc in store.iter_documents(d / "ds", images=False):
+        qa = QA("Which page says Short text?", 1, "Int", [1], "extract-single", "test", "Short text")
+        out.append(build_sample(doc, qa, str(d / "ds"), "test", Segment(0, doc.num_pages)))
+    return out

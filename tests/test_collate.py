@@ -9,28 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmlong import store
-from mmlong.ingest import IngestOptions, ingest
-from mmlong.ingest.pdf import PdfOptions
-from mmlong.samples import QA, Segment, build_sample
 from mmlong.train.collate import IGNORE, Collator, encode, pack_row
 from mmlong.train.positions import rope_index, sample_positions
 from mmlong.train.processor import build_processor
-from tests.conftest import write_pdf
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    d = tmp_path_factory.mktemp("collate")
-    for k, pages in enumerate([2, 3, 1]):
-        write_pdf(d / f"d{k}.pdf", [f"Doc {k} page {p}. Short text." for p in range(pages)])
-    opts = IngestOptions(pdf=PdfOptions(dpi=10, min_pixels=None))  # pages of ~83x117 px: a few tokens each
-    ingest([str(d)], d / "ds", options=opts, workers=1, progress=False)
-    out = []
-    for doc in store.iter_documents(d / "ds", images=False):
-        qa = QA("Which page says Short text?", 1, "Int", [1], "extract-single", "test", "Short text")
-        out.append(build_sample(doc, qa, str(d / "ds"), "test", Segment(0, doc.num_pages)))
-    return out
 
 
 def forward(model, row):
@@ -40,9 +21,9 @@ def forward(model, row):
                            attention_mask=None, use_cache=False).last_hidden_state[0]
 
 
-def test_encode_labels_only_the_answer(samples):
-    proc = build_processor(samples[0].budget)
-    for s in samples:
+def test_encode_labels_only_the_answer(page_samples):
+    proc = build_processor(page_samples[0].budget)
+    for s in page_samples:
         e = encode(s, proc)
         assert len(e["input_ids"]) == s.total_tokens
         kept = (e["labels"] != IGNORE).nonzero().flatten().tolist()
@@ -50,9 +31,9 @@ def test_encode_labels_only_the_answer(samples):
         assert proc.tokenizer.decode(e["input_ids"][kept]) == "1<|im_end|>"
 
 
-def test_positions_without_the_model_equal_get_rope_index(samples, tiny_vlm):
-    proc = build_processor(samples[0].budget)
-    for s in samples:
+def test_positions_without_the_model_equal_get_rope_index(page_samples, tiny_vlm):
+    proc = build_processor(page_samples[0].budget)
+    for s in page_samples:
         e = encode(s, proc)
         ours = rope_index(e["mm_token_type_ids"].tolist(), e["image_grid_thw"].tolist())
         theirs, _ = tiny_vlm.model.get_rope_index(e["input_ids"][None], e["mm_token_type_ids"][None],
@@ -67,11 +48,11 @@ def test_positions_without_the_model_equal_get_rope_index(samples, tiny_vlm):
     assert torch.equal(rope_index(types, image.tolist(), video.tolist(), [1.5]), theirs[:, 0])
 
 
-def test_packed_row_equals_each_sample_alone(samples, tiny_vlm):
-    proc = build_processor(samples[0].budget)
-    encoded = [encode(s, proc) for s in samples]
+def test_packed_row_equals_each_sample_alone(page_samples, tiny_vlm):
+    proc = build_processor(page_samples[0].budget)
+    encoded = [encode(s, proc) for s in page_samples]
     row = pack_row(encoded)
-    assert row["position_ids"].shape == (4, sum(s.total_tokens for s in samples))
+    assert row["position_ids"].shape == (4, sum(s.total_tokens for s in page_samples))
     packed = forward(tiny_vlm, row)
     start = 0
     for e in encoded:
@@ -84,10 +65,10 @@ def test_packed_row_equals_each_sample_alone(samples, tiny_vlm):
     assert (row["position_ids"][0, firsts] == 0).all()
 
 
-def test_positions_restart_matter(samples, tiny_vlm):
+def test_positions_restart_matter(page_samples, tiny_vlm):
     """Without per-sample positions the second sample reads the first one: the check above can fail."""
-    proc = build_processor(samples[0].budget)
-    encoded = [encode(s, proc) for s in samples[:2]]
+    proc = build_processor(page_samples[0].budget)
+    encoded = [encode(s, proc) for s in page_samples[:2]]
     row = pack_row(encoded)
     n0 = len(encoded[0]["input_ids"])
     flat = {**row, "position_ids": torch.arange(len(row["input_ids"])).expand(4, -1)}
@@ -96,22 +77,22 @@ def test_positions_restart_matter(samples, tiny_vlm):
     assert not torch.allclose(wrong[n0:], alone, atol=1e-3)
 
 
-def test_batches_of_padded_rows_stay_isolated(samples, tiny_vlm):
-    proc = build_processor(samples[0].budget)
-    batch = Collator(proc)([[samples[0], samples[1]], [samples[2]]])
+def test_batches_of_padded_rows_stay_isolated(page_samples, tiny_vlm):
+    proc = build_processor(page_samples[0].budget)
+    batch = Collator(proc)([[page_samples[0], page_samples[1]], [page_samples[2]]])
     assert batch["input_ids"].shape[0] == 2 and batch["position_ids"].shape[:2] == (4, 2)
     with torch.no_grad():
         both = tiny_vlm.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                               pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
                               attention_mask=None, use_cache=False).last_hidden_state
-    e = encode(samples[2], proc)
+    e = encode(page_samples[2], proc)
     alone = forward(tiny_vlm, {**e, "position_ids": sample_positions(e)})
     assert torch.allclose(both[1, : len(e["input_ids"])], alone, atol=1e-5)
-    assert batch["label_tokens"] == sum(s.answer_end - s.answer_start for s in samples)
+    assert batch["label_tokens"] == sum(s.answer_end - s.answer_start for s in page_samples)
 
 
-def test_a_processor_with_other_bounds_is_refused(samples):
+def test_a_processor_with_other_bounds_is_refused(page_samples):
     from mmlong import tokens as tk
 
     with pytest.raises(ValueError, match="pixel budget"):
-        encode(samples[1], build_processor(tk.PixelBudget(3136 * 4, 12845056)))
+        encode(page_samples[1], build_processor(tk.PixelBudget(3136 * 4, 12845056)))

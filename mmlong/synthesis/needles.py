@@ -117,18 +117,50 @@ def fill(units: list[Item], budget: int, start: int = 0, lookahead: int = 64) ->
     return out
 
 
-def needle_sample(units: list[Item], spec: NeedleSpec, rng: random.Random, dataset: str,
-                  budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer=None):
-    """A needle sample of `spec.target_tokens` tokens: needles and question over a haystack run
-    of `units` starting at a random unit, filled to at least FILL of the length (a gap left at
-    the end takes the largest other unit that fits it); ValueError if the units cannot."""
-    import bisect
+@dataclass
+class Haystack:
+    """Haystack units (from `pool`) with an index by size, for filling samples to a length."""
 
-    if not units:
-        raise ValueError("no haystack units to build needle samples from")
+    units: list[Item]
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            raise ValueError("no haystack units to build needle samples from")
+        self.by_size = sorted(self.units, key=lambda u: u.tokens)
+        self.sizes = [u.tokens for u in self.by_size]
+
+    def largest_within(self, tokens: int, rng: random.Random, tokenizer) -> Item | None:
+        """The largest unit of at most `tokens` tokens; when every text unit is larger, the
+        longest word prefix of a random one that fits (a short gap is filled all the same)."""
+        import bisect
+
+        k = bisect.bisect_right(self.sizes, tokens) - 1
+        if k >= 0:
+            return self.by_size[k]
+        texts = [u for u in self.units if u.kind == TEXT]
+        if not texts or tokens < 1:
+            return None
+        unit = rng.choice(texts)
+        words = unit.text.split()
+        lo, hi = 0, len(words)  # the longest prefix within `tokens`, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if tk.text_tokens(" ".join(words[:mid]), tokenizer) <= tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        text = " ".join(words[:lo])
+        return replace(unit, text=text, tokens=tk.text_tokens(text, tokenizer)) if lo else None
+
+
+def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: str,
+                  budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer=None):
+    """A needle sample of `spec.target_tokens` tokens: needles and question over a run of the
+    haystack's units from a random one, filled to at least FILL of the length (a gap left at
+    the end takes the largest other unit that fits it); ValueError if the units cannot."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     target = spec.target_tokens
-    needles_seed, start = rng.getrandbits(64), rng.randrange(len(units))
+    needles_seed, start = rng.getrandbits(64), rng.randrange(len(hay.units))
 
     def build(items):
         return build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
@@ -136,9 +168,7 @@ def needle_sample(units: list[Item], spec: NeedleSpec, rng: random.Random, datas
     bare, _ = build([])
     if bare.total_tokens > target:
         raise ValueError(f"needles, question and answer alone take {bare.total_tokens} tokens, more than {target}")
-    items = fill(units, target - bare.total_tokens, start)
-    by_size = sorted(units, key=lambda u: u.tokens)
-    sizes = [u.tokens for u in by_size]
+    items = fill(hay.units, target - bare.total_tokens, start)
     for _ in range(16):
         sample, doc = build(items)
         if sample.total_tokens > target:  # the newlines between items took some tokens too: shed from the end
@@ -148,13 +178,13 @@ def needle_sample(units: list[Item], spec: NeedleSpec, rng: random.Random, datas
             continue
         if sample.total_tokens >= FILL * target:
             break
-        k = bisect.bisect_right(sizes, target - sample.total_tokens - 1) - 1
-        if k < 0:
+        extra = hay.largest_within(target - sample.total_tokens - 1, rng, tok)
+        if extra is None:
             break
-        items.insert(rng.randrange(len(items) + 1), by_size[k])
+        items.insert(rng.randrange(len(items) + 1), extra)
     if not FILL * target <= sample.total_tokens <= target:
         raise ValueError(f"the haystack fills {sample.total_tokens} of {target} tokens: its units (largest "
-                         f"{max(sizes)} tokens) are too large or too few for this length")
+                         f"{hay.sizes[-1]} tokens) are too large or too few for this length")
     return sample, doc
 
 
@@ -298,10 +328,10 @@ def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[floa
             raise ValueError(f"{dataset}: video needles need documents of video frames")
     rng = random.Random(seed)
     tok = tk.load_tokenizer()
-    units = pool(docs, unit, strip_digits, tok)
+    hay = Haystack(pool(docs, unit, strip_digits, tok))
     samples = []
     for length, depth, variant in itertools.product(lengths, depths, variants):
-        sample, _ = needle_sample(units, NeedleSpec(variant, modality, depth, length, count), rng, dataset, budget, tok)
+        sample, _ = needle_sample(hay, NeedleSpec(variant, modality, depth, length, count), rng, dataset, budget, tok)
         samples.append(sample)
     write_samples(samples, Path(out) / "samples.parquet")
     summary = {"dataset": dataset, "samples": len(samples), "modality": modality,

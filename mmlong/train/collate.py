@@ -32,14 +32,13 @@ def encode(sample: Sample, processor, images: dict[str, Any] | None = None) -> d
     text = processor.apply_chat_template(messages, tokenize=False)
     out = processor(text=[text], images=pictures or None, return_tensors="pt")
     ids = out["input_ids"][0]
-    lay = layout(sample)
-    if len(ids) != lay.length:
+    if len(ids) != sample.total_tokens:
         raise ValueError(f"sample {sample.sample_id}: the processor gives {len(ids)} tokens where the sample counted "
-                         f"{lay.length}; give the processor the sample's pixel budget {sample.budget}")
-    starts = [s.start for s in lay.items if s.kind != "text"]
-    vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
-    if any(int(ids[i]) != vision_start for i in starts):
-        raise ValueError(f"sample {sample.sample_id}: its images are not where its layout puts them")
+                         f"{sample.total_tokens}; give the processor the sample's pixel budget {sample.budget}")
+    if pictures:  # every vision span where the sample's layout puts it
+        vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        if any(int(ids[s.start]) != vision_start for s in layout(sample).items if s.kind != "text"):
+            raise ValueError(f"sample {sample.sample_id}: its images are not where its layout puts them")
     labels = torch.full_like(ids, IGNORE)
     labels[sample.answer_start : sample.answer_end] = ids[sample.answer_start : sample.answer_end]
     encoded = {"input_ids": ids, "labels": labels, "mm_token_type_ids": out["mm_token_type_ids"][0]}
@@ -72,6 +71,7 @@ def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_
     row = {
         "input_ids": torch.cat([e["input_ids"] for e in encoded]),
         "labels": torch.cat(labels),
+        "segments": torch.cat([torch.full((len(e["input_ids"]),), k) for k, e in enumerate(encoded)]),
         "position_ids": torch.cat([sample_positions(e, spatial_merge_size, tokens_per_second) for e in encoded], dim=1),
         "mm_token_type_ids": torch.cat([e["mm_token_type_ids"] for e in encoded]),
     }
@@ -84,14 +84,18 @@ def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_
 
 def stack_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Rows of different lengths as one batch: each padded at its end with `pad_id` tokens that
-    form a sample of their own (positions from 0, no labels). Shapes: input_ids, labels,
-    mm_token_type_ids (B, L); position_ids (4, B, L)."""
+    form a sample of their own (positions from 0, no labels). `segments` numbers the samples
+    across the batch (-1 on padding). Shapes: input_ids, labels, mm_token_type_ids, segments
+    (B, L); position_ids (4, B, L)."""
     import torch
 
     width = max(len(r["input_ids"]) for r in rows)
-    batch: dict[str, Any] = {k: [] for k in ("input_ids", "labels", "mm_token_type_ids", "position_ids")}
+    batch: dict[str, Any] = {k: [] for k in ("input_ids", "labels", "mm_token_type_ids", "position_ids", "segments")}
+    first = 0
     for r in rows:
         n = width - len(r["input_ids"])
+        batch["segments"].append(torch.cat([r["segments"] + first, torch.full((n,), -1, dtype=r["segments"].dtype)]))
+        first += int(r["segments"].max()) + 1
         batch["input_ids"].append(torch.cat([r["input_ids"], torch.full((n,), pad_id, dtype=r["input_ids"].dtype)]))
         batch["labels"].append(torch.cat([r["labels"], torch.full((n,), IGNORE, dtype=r["labels"].dtype)]))
         batch["mm_token_type_ids"].append(torch.cat([r["mm_token_type_ids"], r["mm_token_type_ids"].new_zeros(n)]))
@@ -118,4 +122,11 @@ class Collator:
     def __call__(self, windows: list[list[Sample]]) -> dict[str, Any]:
         rows = [pack_row([encode(s, self.processor) for s in window], self.spatial_merge_size, self.tokens_per_second)
                 for window in windows]
-        return stack_rows(rows, self.processor.tokenizer.pad_token_id or 0)
+        batch = stack_rows(rows, self.processor.tokenizer.pad_token_id or 0)
+        batch["groups"] = [group(s) for window in windows for s in window]  # per sample, in `segments` order
+        return batch
+
+
+def group(sample: Sample) -> int:
+    """The length a sample reports under: its target length (needles), else its own."""
+    return int(sample.extra.get("target_tokens", sample.total_tokens))

@@ -5,7 +5,7 @@ a frozen vision tower."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,8 @@ def tiny_config(vocab_size: int = 151936, hidden_size: int = 64, layers: int = 2
                 intermediate_size: int = 128, max_position_embeddings: int = 32768, rope_theta: float = 1e6) -> dict[str, Any]:
     """Qwen2_5_VLConfig arguments of a tiny Qwen2.5-VL over the real Qwen vocabulary (a vision
     tower of depth 2, width 32), the size tests and CPU recipes train."""
-    head_dim = hidden_size // heads
-    third = head_dim // 2 // 3
-    section = [head_dim // 2 - 2 * third, third, third]
+    half = hidden_size // heads // 2  # M-RoPE sections split half the head dim as Qwen2.5-VL's [16, 24, 24] of 64
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     return {
         "text_config": {"vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
                         "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
@@ -80,7 +79,7 @@ def decoder(model):
 def set_rope(model, theta: float | None = None, scaling: dict[str, Any] | None = None) -> None:
     """Change the RoPE base and/or scaling of a built model and recompute its frequencies in
     fp32 (also what keeps them fp32 after a cast to bf16: casting the buffer rounds the
-    frequencies and gives ~15 rad angle errors at position 131071)."""
+    frequencies and gives radians of angle error at position 131071)."""
     import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -99,6 +98,23 @@ def set_rope(model, theta: float | None = None, scaling: dict[str, Any] | None =
     rotary.original_inv_freq = rotary.inv_freq.clone()
 
 
+def check_fits(config, dtype) -> None:
+    """Refuse, before allocating anything, a model from `config` whose weights alone exceed
+    this machine's memory (an empty `config` means Qwen2.5-VL-7B)."""
+    import os
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForImageTextToText.from_config(config).parameters())
+    need = params * torch.finfo(dtype).bits // 8
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have:
+        raise ValueError(f"model.config describes {params / 1e9:.1f}B parameters ({need / 2**30:.0f} GiB in {dtype}), "
+                         f"more than this machine's {have / 2**30:.0f} GiB: give a smaller config or a checkpoint path")
+
+
 def build_model(settings: ModelSettings):
     """The model of `settings`, in train mode, with its long-context settings applied."""
     import torch
@@ -109,8 +125,9 @@ def build_model(settings: ModelSettings):
         model = AutoModelForImageTextToText.from_pretrained(settings.path, dtype=dtype,
                                                             attn_implementation=settings.attn_implementation)
     else:
-        torch.manual_seed(settings.seed)
         config = Qwen2_5_VLConfig(**settings.config)
+        check_fits(config, dtype)
+        torch.manual_seed(settings.seed)
         model = AutoModelForImageTextToText.from_config(config, attn_implementation=settings.attn_implementation)
         model = model.to(dtype)
     if settings.max_position_embeddings is not None:
