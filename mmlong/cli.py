@@ -9,6 +9,8 @@
     mmlong needles DATASET --out DIR [--lengths ...] [--depths ...] [--variants ...] [--modality text|image|video]
     mmlong train --config RECIPE --out DIR [--set KEY=VALUE ...]
     mmlong train check --model PATH --data MIXTURE [--tolerance 1e-4]
+    mmlong eval TASK --model PATH | --server URL --out DIR [--samples ... --documents ... | --haystack ...]
+    mmlong score mmlongbench-doc PREDICTIONS.json [--json]
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
 """
@@ -194,6 +196,70 @@ def _train_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _values(pairs: list[str] | None) -> dict:
+    """KEY=VALUE overrides, each value read as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    out = {}
+    for kv in pairs or []:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes KEY=VALUE, got {kv!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mmlong.eval.run import evaluate, rerun
+
+    if args.from_report:
+        report = rerun(args.from_report, args.out, progress=not args.no_progress)
+    else:
+        from mmlong.eval.models import LocalModel, ServerModel
+        from mmlong.eval.tasks import SECTIONS
+
+        if not args.task or bool(args.model) == bool(args.server):
+            raise ValueError("eval needs a TASK and one of --model PATH or --server URL (or --from REPORT.json)")
+        model = (LocalModel(args.model, batch_size=args.batch_size, attn_implementation=args.attn) if args.model else
+                 ServerModel(args.server, args.server_model or "default", concurrency=args.concurrency))
+        from mmlong.presets import load_preset
+
+        task = load_preset("eval", args.task).get("task")
+        section = SECTIONS.get(task, task)
+        overrides = _values(args.set)
+        for flag, key in (("samples", "samples"), ("documents", "documents"), ("haystack", "haystack"), ("questions", "questions")):
+            value = getattr(args, flag)
+            if value:
+                overrides[f"{section}.{key}"] = value if flag == "haystack" else value[0]
+        if args.limit:
+            overrides["limit"] = args.limit
+        report = evaluate(args.task, model, args.out, overrides, progress=not args.no_progress)
+    summary = {k: v for k, v in report["summary"].items() if not isinstance(v, dict)}
+    print(json.dumps(summary, indent=2))
+    print(f"report: {Path(args.out).resolve() / 'report.json'} (report.md, report.html, plots)")
+    return 0 if not report["summary"]["errors"] else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from mmlong.eval.score import score_predictions
+
+    if args.benchmark != "mmlongbench-doc":
+        raise ValueError(f"unknown benchmark {args.benchmark!r} (known: mmlongbench-doc)")
+    try:
+        records = json.loads(Path(args.predictions).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{args.predictions}: cannot read predictions ({e})") from None
+    need = {"answer", "answer_format", "pred"}
+    if not isinstance(records, list) or not all(isinstance(r, dict) and need <= set(r) for r in records):
+        raise ValueError(f"{args.predictions}: expected a JSON list of benchmark records, each with {sorted(need)}")
+    result = score_predictions(records)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"acc {result['acc']:.4f}  f1 {result['f1']:.4f}  ({len(records)} records)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,18 +377,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-4, help="check: largest logit / loss difference allowed")
     p.add_argument("--attn", default="sdpa", help="check: attention implementation (sdpa, eager, flash_attention_2)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model on a task (long-doc VQA, needles, compression, video QA)")
+    p.add_argument("task", nargs="?", help="task recipe (eval/*.yaml name or path)")
+    p.add_argument("--out", required=True, help="folder for records, cache and the report")
+    p.add_argument("--model", help="a local Hugging Face model folder")
+    p.add_argument("--server", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    p.add_argument("--server-model", help="the model name the server knows")
+    p.add_argument("--from", dest="from_report", metavar="REPORT", help="run a report.json again from its protocol")
+    p.add_argument("--samples", nargs=1, help="longdoc-vqa: an MMLongBench-Doc samples.json")
+    p.add_argument("--documents", nargs=1, help="longdoc-vqa: the folder of its PDFs (or an ingested dataset)")
+    p.add_argument("--haystack", nargs="+", help="needle, vtc: haystack datasets or files")
+    p.add_argument("--questions", nargs=1, help="video-qa: the questions file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value, e.g. needles.lengths=[128,256]")
+    p.add_argument("--limit", type=int, help="only the first N items")
+    p.add_argument("--batch-size", type=int, default=1, help="local model: prompts per forward")
+    p.add_argument("--attn", default="sdpa", help="local model: attention implementation")
+    p.add_argument("--concurrency", type=int, default=4, help="server: requests in flight")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="score predictions with a benchmark's reference rules")
+    p.add_argument("benchmark", help="mmlongbench-doc")
+    p.add_argument("predictions", help="a JSON list of benchmark records, each with an added `pred`")
+    p.add_argument("--json", action="store_true", help="print one JSON object: acc, f1, scores")
+    p.set_defaults(func=cmd_score)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mmlong.chat_api import ChatError
     from mmlong.errors import DatasetError, IngestError
     from mmlong.render.ocr import OcrUnavailable
     from mmlong.tokens import TokenizerNotFound
 
     try:
         return args.func(args)
-    except (DatasetError, IngestError, TokenizerNotFound, OcrUnavailable, ValueError, OSError) as e:
+    except (DatasetError, IngestError, TokenizerNotFound, OcrUnavailable, ChatError, ValueError, OSError) as e:
         print(f"mmlong {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

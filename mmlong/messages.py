@@ -150,18 +150,10 @@ def element_spans(messages: list[dict[str, Any]]) -> tuple[str, dict[tuple[int, 
 
 def _image_size(value: Any) -> tuple[int, int]:
     """(height, width) of an image given as PIL image, data URI, file:// URI or path."""
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        return value.height, value.width
-    if isinstance(value, str) and value.startswith("data:image") and "base64," in value:
-        value = io.BytesIO(base64.b64decode(value.split("base64,", 1)[1]))
-    elif isinstance(value, str) and value.startswith(("http://", "https://")):
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
         raise ValueError(f"cannot size a remote image without fetching it: {value}")
-    elif isinstance(value, str) and value.startswith("file://"):
-        value = value[7:]
-    with Image.open(value) as im:
-        return im.height, im.width
+    im = open_image(value)
+    return im.height, im.width
 
 
 def element_tokens(element: dict[str, Any], budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> int:
@@ -223,12 +215,11 @@ def conversation_tokens(
     return total
 
 
-def resolve_images(messages: list[dict[str, Any]], dataset: str | Path) -> list[dict[str, Any]]:
+def resolve_images(messages: list[dict[str, Any]], dataset: str | Path, image_as: str = "pil") -> list[dict[str, Any]]:
     """A copy of `messages` whose `mmlong://doc_id/seq` image references are replaced by the
-    PIL images they point to in `dataset` (one document read at a time)."""
+    images they point to in `dataset` (one document read at a time): PIL images, or data URIs
+    of the stored bytes as they are (image_as="data-uri": what a server receives)."""
     import copy
-
-    from PIL import Image
 
     from mmlong.store import iter_documents
 
@@ -244,9 +235,21 @@ def resolve_images(messages: list[dict[str, Any]], dataset: str | Path) -> list[
         for seq in wanted[doc.doc_id]:
             if seq >= len(doc.items) or doc.items[seq].image is None:
                 raise ValueError(f"{dataset}: {image_ref(doc.doc_id, seq)} is not an image item")
-            found[image_ref(doc.doc_id, seq)] = Image.open(io.BytesIO(doc.items[seq].image))
+            item = doc.items[seq]
+            found[image_ref(doc.doc_id, seq)] = _payload(item.image, item.image_format or "jpeg", image_as, None)
     for e in refs:
         if e["image"] not in found:
             raise ValueError(f"{dataset}: no image {e['image']}")
         e["image"] = found[e["image"]]
     return out
+
+
+def open_image(value: Any):
+    """A PIL image from a PIL image, a data URI or a path."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str) and value.startswith("data:image") and "base64," in value:
+        return Image.open(io.BytesIO(base64.b64decode(value.split("base64,", 1)[1])))
+    return Image.open(value[7:] if isinstance(value, str) and value.startswith("file://") else value)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
+import threading
+import time
 import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pymupdf
@@ -18,6 +22,65 @@ LOREM = (
     "The committee reviewed the annual figures and found that revenue grew by twelve percent while costs "
     "stayed flat. Members asked for a breakdown by region before the next meeting."
 )
+
+
+def completion(content: str) -> bytes:
+    """The body of an OpenAI chat completion whose reply is `content`."""
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+
+
+class ChatServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server on loopback: each POST takes the next step of `script`
+    (status, headers, body, delay), else `respond(request body)` gives one. It records what
+    it received and the most requests it had in flight at once."""
+
+    def __init__(self, script=(), respond=None):
+        self.script, self.respond, self.received = list(script), respond, []
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _ChatHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        with srv.lock:
+            srv.active += 1
+            srv.peak = max(srv.peak, srv.active)
+        try:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            srv.received.append((self.path, self.headers.get("Authorization"), body))
+            with srv.lock:
+                step = srv.script.pop(0) if srv.script else None
+            status, headers, payload, delay = step if step is not None else srv.respond(body)
+            time.sleep(delay)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            try:
+                self.wfile.write(payload)
+            except BrokenPipeError:  # the client gave up (timeout)
+                pass
+        finally:
+            with srv.lock:
+                srv.active -= 1
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -19,6 +16,7 @@ from mmlong import store
 from mmlong.cli import main
 from mmlong.samples import Segment, read_samples
 from mmlong.synthesis.llm import LlmError, LlmWriter, parse_qas
+from tests.conftest import ChatServer, completion
 
 VALID = [
     {"question": "On which page is the caption of Figure 2?", "answer": 6, "answer_format": "Int", "evidence_pages": [6],
@@ -34,55 +32,18 @@ VALID = [
 ]
 
 
-def completion(content: str) -> bytes:
-    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-
-
-class Server(ThreadingHTTPServer):
-    def __init__(self, script):
-        self.script, self.received = list(script), []
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.received.append((self.path, self.headers.get("Authorization"), body))
-        step = self.server.script.pop(0) if self.server.script else "echo"
-        if step == "echo":  # answer about the first page of the range named in the prompt
-            first, last = map(int, re.search(r"pages (\d+)-(\d+) of", body["messages"][0]["content"][-1]["text"]).groups())
-            status, headers, payload = 200, {}, completion(json.dumps([
-                {"question": f"What is printed on page {first}?", "answer": "text", "answer_format": "Str",
-                 "evidence_pages": [first], "task": "extract-single", "anchor": f"page {first}"}]))
-        else:
-            status, headers, payload, delay = step
-            time.sleep(delay)
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        try:
-            self.wfile.write(payload)
-        except BrokenPipeError:  # the client gave up (timeout)
-            pass
+def echo(body):
+    """Answer about the first page of the range named in the prompt."""
+    first, last = map(int, re.search(r"pages (\d+)-(\d+) of", body["messages"][0]["content"][-1]["text"]).groups())
+    return 200, {}, completion(json.dumps([
+        {"question": f"What is printed on page {first}?", "answer": "text", "answer_format": "Str",
+         "evidence_pages": [first], "task": "extract-single", "anchor": f"page {first}"}])), 0
 
 
 @pytest.fixture
 def server(request):
-    srv = Server(request.param)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with ChatServer(request.param, echo) as srv:
+        yield srv
 
 
 SCRIPT = [

@@ -16,11 +16,11 @@ import json
 import os
 import random
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mmlong.chat_api import ChatClient, ChatError
 from mmlong.schema import Document
 from mmlong.samples import FORMATS, NOT_ANSWERABLE, QA, Segment
 from mmlong.synthesis.segments import page_texts
@@ -41,7 +41,7 @@ reasoning: compute, compare or count over the evidence.
 {unanswerable}"""
 
 
-class LlmError(RuntimeError):
+class LlmError(ChatError):
     """The server refused the request, or never answered with usable JSON."""
 
 
@@ -131,34 +131,11 @@ class LlmWriter:
 
     def _complete(self, messages: list[dict[str, Any]]) -> str:
         """One chat completion, retried on rate limits, server errors and timeouts."""
-        import requests
-
-        headers = {"Content-Type": "application/json"}
-        if key := os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {key}"
-        url = f"{self.base_url}/chat/completions"
-        for attempt in range(self.retries + 1):
-            wait = self.backoff * 2**attempt
-            try:
-                response = requests.post(url, json=self._body(messages), headers=headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError) as e:
-                if attempt == self.retries:
-                    raise LlmError(f"{url}: {type(e).__name__} after {attempt + 1} tries") from None
-                time.sleep(wait)
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                if attempt == self.retries:
-                    raise LlmError(f"{url}: HTTP {response.status_code} after {attempt + 1} tries: {response.text[:200]}")
-                retry_after = response.headers.get("Retry-After", "")
-                time.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else wait)
-                continue
-            if response.status_code != 200:
-                raise LlmError(f"{url}: HTTP {response.status_code}: {response.text[:500]}")
-            try:
-                return response.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise LlmError(f"{url}: not a chat completion: {response.text[:200]}") from None
-        raise AssertionError("unreachable")
+        client = ChatClient(self.base_url, self.model, self.api_key_env, self.timeout, self.retries, self.backoff)
+        try:
+            return client.complete(messages, temperature=self.temperature, max_tokens=self.max_tokens)
+        except ChatError as e:
+            raise LlmError(str(e)) from None
 
 
 def _json_list(reply: str) -> list:
