@@ -11,6 +11,8 @@
     mmlong train check --model PATH --data MIXTURE [--tolerance 1e-4]
     mmlong eval TASK --model PATH | --server URL --out DIR [--samples ... --documents ... | --haystack ...]
     mmlong score mmlongbench-doc PREDICTIONS.json [--json]
+    mmlong heads detect|ablate --model PATH --samples SAMPLES [--out HEADS.json | --heads HEADS.json --k 1,2,3]
+    mmlong rank DATASET --questions SAMPLES.json --ranker bm25|embedding|heads [--json]
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
 """
@@ -260,6 +262,60 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evidence_of(sample):
+    """A sample's evidence: its needles, else the spans of its evidence pages."""
+    from mmlong.eval.heads import needle_evidence, page_evidence
+
+    return needle_evidence(sample) or page_evidence(sample, [p - 1 for p in sample.evidence_pages])
+
+
+def cmd_heads(args: argparse.Namespace) -> int:
+    from mmlong.eval.heads import ablate, detect, heads_json, heatmap, write_json
+    from mmlong.samples import read_samples
+    from mmlong.train.model import ModelSettings, build_model
+    from mmlong.train.processor import load_processor
+
+    samples = read_samples(args.samples)[: args.limit or None]
+    if not samples:
+        raise ValueError(f"{args.samples}: no samples")
+    model = build_model(ModelSettings(path=args.model, attn_implementation=args.attn)).eval()
+    processor = load_processor(args.model, samples[0].budget)
+    if args.action == "detect":
+        det = detect(model, processor, samples, _evidence_of, str(Path(args.model).resolve()), progress=not args.no_progress)
+        data = heads_json(det, args.score, not args.raw)
+        out = write_json(data, args.out)
+        heatmap(data["scores"], out.with_suffix(".png"), f"{args.score} score{'' if args.raw else ' (calibrated)'}")
+        print(json.dumps({k: data[k] for k in ("model", "examples", "score", "rho_0.5")} | {"top": data["ranking"][:10]}, indent=2))
+        print(f"heads: {out.resolve()} (heatmap {out.with_suffix('.png').name})")
+        return 0
+    heads = json.loads(Path(args.heads).read_text(encoding="utf-8"))
+    ranking = heads["ranking"] if args.ranking == heads["score"] else heads["other"]["ranking"]
+    ranking = [p for p in ranking if p[0] not in (args.exclude_layers or [])]
+    result = ablate(model, processor, samples, ranking, [int(k) for k in args.k.split(",")], args.draws, args.seed)
+    result["ranking"] = args.ranking
+    if args.out:
+        write_json(result, args.out)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(
+        f"k={r['k']}: top {r['top_accuracy']:.3f}  random {r['random_accuracy']:.3f} (worst {r['random_worst']:.3f})  "
+        f"baseline {result['baseline']:.3f}" for r in result["rows"]))
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from mmlong.eval.ranking import rank_dataset
+
+    result = rank_dataset(args.dataset, args.questions, args.ranker, args.model, args.heads, args.top_heads, args.content,
+                          args.max_tokens, args.ocr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['ranker']}: recall@1 {result['recall@1']:.3f}  recall@3 {result['recall@3']:.3f}  "
+              f"recall@5 {result['recall@5']:.3f}  mrr {result['mrr']:.3f}  ({result['questions']} questions)")
+        for s in result["skipped"]:
+            print(f"skipped question {s['question']}: {s['reason']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmlong", description="Long-context multimodal data for VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,6 +458,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", help="a JSON list of benchmark records, each with an added `pred`")
     p.add_argument("--json", action="store_true", help="print one JSON object: acc, f1, scores")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("heads", help="retrieval heads: detect them on samples, or ablate (mask) them")
+    p.add_argument("action", choices=["detect", "ablate"])
+    p.add_argument("--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--samples", required=True, help="samples (needles, or questions with evidence pages)")
+    p.add_argument("--out", help="detect: HEADS.json to write (a heatmap PNG beside); ablate: optional JSON")
+    p.add_argument("--heads", help="ablate: a HEADS.json from detect")
+    p.add_argument("--score", choices=["question", "answer"], default="question", help="detect: the score that ranks heads")
+    p.add_argument("--raw", action="store_true", help="detect: without the null-question calibration")
+    p.add_argument("--ranking", choices=["question", "answer"], default="question", help="ablate: which ranking picks heads")
+    p.add_argument("--k", default="1,2,3", help="ablate: numbers of heads masked, e.g. 1,2,3,8")
+    p.add_argument("--draws", type=int, default=5, help="ablate: random draws per k")
+    p.add_argument("--exclude-layers", type=int, nargs="*", help="ablate: layers whose heads are never picked")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser("rank", help="rank the pages of a dataset's documents for questions; Recall@k and MRR")
+    p.add_argument("dataset", help="an ingested dataset")
+    p.add_argument("--questions", required=True, help="MMLongBench-Doc-format questions (doc_id, question, evidence_pages)")
+    p.add_argument("--ranker", choices=["bm25", "embedding", "heads"], default="bm25")
+    p.add_argument("--model", help="heads: a Hugging Face model folder")
+    p.add_argument("--heads", help="heads: a HEADS.json from mmlong heads detect")
+    p.add_argument("--top-heads", type=int, default=8, help="heads: how many of the ranking score")
+    p.add_argument("--content", choices=["image", "text", "both"], help="what a page shows the ranker (heads: image)")
+    p.add_argument("--max-tokens", type=int, help="heads: window size in tokens (longer documents go in windows)")
+    p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr"], help="read pages without a text layer with OCR")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_rank)
     return parser
 
 

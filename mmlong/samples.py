@@ -142,7 +142,7 @@ class Sample:
 
     def row(self, relative_to: Path | None = None) -> dict[str, Any]:
         row = {k: v for k, v in self.__dict__.items() if k != "budget"}
-        if relative_to is not None:
+        if relative_to is not None and self.dataset:  # "" for samples that refer to no dataset
             row["dataset"] = os.path.relpath(self.dataset, relative_to)
         row["min_pixels"], row["max_pixels"] = self.budget.min_pixels, self.budget.max_pixels
         for key in ("messages", "items", "extra"):
@@ -327,7 +327,7 @@ def read_samples(path: str | Path) -> list[Sample]:
     out = []
     for r in table.to_pylist():
         budget = tk.PixelBudget(r.pop("min_pixels"), r.pop("max_pixels"))
-        r["dataset"] = str((folder / r["dataset"]).resolve())
+        r["dataset"] = str((folder / r["dataset"]).resolve()) if r["dataset"] else ""
         out.append(Sample(**{**r, "budget": budget, "messages": json.loads(r["messages"]), "items": json.loads(r["items"]),
                              "extra": json.loads(r.get("extra") or "{}")}))
     return out
