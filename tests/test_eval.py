@@ -89,8 +89,7 @@ def test_cached_rerun_and_resume_after_interruption(local, tmp_path):
     report = evaluate("needle-tiny", local, tmp_path / "run", NEEDLES, progress=False)
     ids = [r["id"] for r in read_records(tmp_path / "run" / "records.jsonl")]
     assert len(ids) == len(set(ids)) == 8 and report["cache"]["misses"] == 6
-    again = evaluate("needle-tiny", Counting(), tmp_path / "again", NEEDLES, progress=False,
-                     cache=tmp_path / "run" / "cache.sqlite")
+    again = evaluate("needle-tiny", Counting(), tmp_path / "again", NEEDLES, progress=False, cache=tmp_path / "run")
     assert again["cache"] == {"hits": 8, "misses": 0} and len(calls) == 3  # nothing asked of the model
     assert [r["response"] for r in again["records"]] == [r["response"] for r in report["records"]]
     with pytest.raises(ValueError, match="another protocol"):

@@ -6,14 +6,30 @@ import pytest
 
 from mmlong.ingest import IngestOptions
 from mmlong.mixtures.mix import MixtureSpec
-from mmlong.presets import GROUPS, list_presets, load_preset, recipes_root
+from mmlong.presets import GROUPS, list_presets, load_preset, preset_path, recipes_root
 from mmlong.render.glyph import RenderConfig
 from mmlong.render.search import load_space, to_config
 from tests.conftest import ROOT
 
 
-def build_recipe(group: str, name: str):
-    """The settings object a shipped recipe builds (what its command would run with)."""
+@pytest.fixture(scope="module")
+def tiny_parts(tiny_vlm, page_samples, tmp_path_factory):
+    """A tiny model folder and a tiny mixture folder, to stand in for a recipe's own paths."""
+    from mmlong.mixtures.packing import pack
+    from mmlong.samples import write_samples
+    from mmlong.train.export import export_hf
+    from mmlong.train.processor import build_processor
+
+    d = tmp_path_factory.mktemp("parts")
+    export_hf(tiny_vlm, build_processor(page_samples[0].budget), d / "model")
+    write_samples(page_samples, d / "mix" / "mix.parquet")
+    pack([(s.sample_id, s.total_tokens) for s in page_samples], 1024, page_samples[0].budget).write(d / "mix" / "packs.parquet")
+    return d
+
+
+def build_recipe(group: str, name: str, parts=None):
+    """The settings object a shipped recipe builds (what its command would run with); a
+    training recipe's model and data paths point at `parts`."""
     data = load_preset(group, name)
     if group == "ingest":
         return IngestOptions.from_preset(name)
@@ -23,20 +39,34 @@ def build_recipe(group: str, name: str):
                 to_config({k: v[-1] for k, v in space.items()}, RenderConfig())]
     if group == "render":
         return RenderConfig.from_dict(data)
-    if group == "train":
+    if group == "train" and "trainer" not in data:
         return MixtureSpec.from_dict(data)
+    if group == "train":
+        from mmlong.train.run import make_cli
+
+        overrides = ["--trainer.accelerator=cpu"]
+        if data["model"]["model"].get("path"):
+            overrides += [f"--model.model.path={parts / 'model'}", "--model.model.attn_implementation=sdpa"]
+        if "mixture" in data["data"]["init_args"]:
+            overrides.append(f"--data.init_args.mixture={parts / 'mix'}")
+        cli = make_cli(preset_path(group, name), parts / "runs" / name, overrides)
+        return cli.trainer, cli.model, cli.datamodule
+    if group == "eval":
+        from mmlong.eval.tasks import parse_task
+
+        return parse_task(data)
     raise AssertionError(f"no builder for {group}/{name}")
 
 
 @pytest.mark.parametrize("group,name", [(g, n) for g in GROUPS for n in list_presets(g)])
-def test_every_shipped_recipe_builds(group, name):
+def test_every_shipped_recipe_builds(group, name, tiny_parts):
     assert load_preset(group, name)["description"]
-    assert build_recipe(group, name) is not None
+    assert build_recipe(group, name, tiny_parts) is not None
 
 
 def test_recipes_ship_inside_the_package_and_show_at_the_top():
     assert recipes_root().parent.name == "mmlong" and (recipes_root() / "ingest" / "pdf-144dpi.yaml").is_file()
-    for group in ("ingest", "render", "train"):
+    for group in GROUPS:
         assert sorted(p.name for p in (ROOT / group).glob("*.yaml")) == sorted(f"{n}.yaml" for n in list_presets(group))
     assert {"pdf-144dpi", "pdf-budget", "pdf-pages", "pdf-text", "pdf-figures"} <= set(list_presets("ingest"))
 

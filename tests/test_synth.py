@@ -5,12 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-import pymupdf
-import pytest
-
-from mmlong import store
 from mmlong import tokens as tk
-from mmlong.ingest import ingest
 from mmlong.messages import resolve_images
 from mmlong.samples import NOT_ANSWERABLE, QA, Segment, build_sample, read_samples
 from mmlong.synthesis.run import synth

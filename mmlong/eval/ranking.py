@@ -14,6 +14,7 @@ windows differ in length and in what the attention sinks take).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mmlong.samples import QA, Segment, build_sample, layout
 from mmlong.schema import Document, Item

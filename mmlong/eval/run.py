@@ -27,7 +27,6 @@ from mmlong.eval.score import (
     extract_answer,
     parse_judge_reply,
     score_answer,
-    score_predictions,
 )
 from mmlong.eval.tasks import TASKS, Common, Question, parse_task
 from mmlong.messages import resolve_images
@@ -109,7 +108,9 @@ def load_recipe(recipe: str | dict[str, Any], overrides: dict[str, Any] | None =
 def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overrides: dict[str, Any] | None = None,
              progress: bool = True, cache: str | Path | None = None) -> dict[str, Any]:
     """Run a task on `model` into `out` (resuming what an earlier run there finished) and
-    write report.json, report.md, report.html and plots. Returns the report."""
+    write report.json, report.md, report.html and plots. Returns the report. `cache` (default
+    `out`) is the folder of the response cache (cache.sqlite) and of the datasets a task
+    ingests, so runs that share it share both."""
     from rich.progress import Progress
 
     from mmlong.eval.report import summarize, write_report
@@ -118,7 +119,8 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
     name, settings, common = parse_task(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    questions, task_protocol = TASKS[name][1](settings, common, out)
+    cache = Path(cache) if cache else out
+    questions, task_protocol = TASKS[name][1](settings, common, cache)
     if common.limit:
         questions = questions[: common.limit]
     protocol = {"task": name, "recipe": data, "model": model.protocol(), "data": task_protocol,
@@ -130,7 +132,7 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
         raise ValueError(f"{out}: holds records of another protocol (task, model or settings differ); use another --out")
     stamp.write_text(json.dumps(protocol, indent=2, default=str))
     done = {r["id"]: r for r in read_records(out / RECORDS)}
-    responses = ResponseCache(cache or out / "cache.sqlite")
+    responses = ResponseCache(cache / "cache.sqlite")
     judge = Judge(common) if common.extractor == "judge" else None
     todo = [q for q in questions if q.id not in done]
     settings_key = {"max_new_tokens": common.max_new_tokens}
@@ -173,7 +175,7 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
     return report
 
 
-def rerun(report_path: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def rerun(report_path: str | Path, out: str | Path, progress: bool = True, cache: str | Path | None = None) -> dict[str, Any]:
     """Run a report again from its own protocol (the same recipe, data settings and model)."""
     from mmlong.eval.models import LocalModel, ServerModel
 
@@ -187,4 +189,4 @@ def rerun(report_path: str | Path, out: str | Path, progress: bool = True) -> di
             print(f"warning: {m['path']} changed since the report (sha256 {model.sha256[:12]} != {m['sha256'][:12]})")
     else:
         model = ServerModel(m["base_url"], m["model"], concurrency=m.get("concurrency", 4))
-    return evaluate(protocol["recipe"], model, out, progress=progress)
+    return evaluate(protocol["recipe"], model, out, progress=progress, cache=cache)

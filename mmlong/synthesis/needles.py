@@ -101,11 +101,12 @@ def pool(docs: Iterable[Document], unit: str = "sentence", strip_digits: bool = 
 
 
 def fill(units: list[Item], budget: int, start: int = 0, lookahead: int = 64) -> list[Item]:
-    """Consecutive units from `start` (wrapping around) within `budget` tokens; a unit that
-    does not fit is passed over for one of the next `lookahead` that does."""
+    """Consecutive units from `start` within `budget` tokens, cycling through `units` again
+    when they run out (a short corpus makes long haystacks); a unit that does not fit is
+    passed over for one of the next `lookahead` that does."""
     out: list[Item] = []
     total, skipped, i = 0, 0, start
-    while skipped < lookahead and i < start + len(units):
+    while skipped < min(lookahead, len(units)):
         unit = units[i % len(units)]
         i += 1
         if total + unit.tokens <= budget:
@@ -157,7 +158,8 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
                   budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer=None):
     """A needle sample of `spec.target_tokens` tokens: needles and question over a run of the
     haystack's units from a random one, filled to at least FILL of the length (a gap left at
-    the end takes the largest other unit that fits it); ValueError if the units cannot."""
+    the end takes the largest other unit that fits it); ValueError if text units cannot (whole
+    images and frames may leave a larger gap: `extra["fill"]` says how full)."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     target = spec.target_tokens
     needles_seed, start = rng.getrandbits(64), rng.randrange(len(hay.units))
@@ -165,11 +167,13 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
     def build(items):
         return build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
 
-    bare, _ = build([])
-    if bare.total_tokens > target:
-        raise ValueError(f"needles, question and answer alone take {bare.total_tokens} tokens, more than {target}")
-    items = fill(hay.units, target - bare.total_tokens, start)
-    for _ in range(16):
+    seed_items = [next(u for u in hay.units if u.kind == VIDEO_FRAME)] if spec.modality == "video" else []
+    bare, _ = build(seed_items)  # a video needle is sized like the haystack's frames
+    overhead = bare.total_tokens - sum(u.tokens for u in seed_items)
+    if overhead > target:
+        raise ValueError(f"needles, question and answer alone take {overhead} tokens, more than {target}")
+    items = fill(hay.units, target - overhead, start)
+    for _ in range(64):
         sample, doc = build(items)
         if sample.total_tokens > target:  # the newlines between items took some tokens too: shed from the end
             excess = sample.total_tokens - target
@@ -182,9 +186,10 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
         if extra is None:
             break
         items.insert(rng.randrange(len(items) + 1), extra)
-    if not FILL * target <= sample.total_tokens <= target:
+    if sample.total_tokens > target or (spec.modality == "text" and sample.total_tokens < FILL * target):
         raise ValueError(f"the haystack fills {sample.total_tokens} of {target} tokens: its units (largest "
                          f"{hay.sizes[-1]} tokens) are too large or too few for this length")
+    sample.extra["fill"] = round(sample.total_tokens / target, 4)  # images and frames are never cut: fill may be lower
     return sample, doc
 
 

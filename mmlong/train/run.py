@@ -38,9 +38,13 @@ def make_cli(config: str | Path, out: str | Path, overrides: list[str] | None = 
         "num_sanity_val_steps": 0,
         "use_distributed_sampler": False,  # the data module shards by rank itself (its sampler holds the resume state)
     }
-    return LightningCLI(VLMModule, L.LightningDataModule, subclass_mode_data=True, run=False, save_config_callback=None,
-                        trainer_defaults=defaults, auto_configure_optimizers=False, load_from_checkpoint_support=False,
-                        args=["--config", str(config), *(overrides or [])], parser_kwargs={"exit_on_error": False})
+    class RecipeCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument("--description", type=str, default="", help="what the recipe is (ignored)")
+
+    return RecipeCLI(VLMModule, L.LightningDataModule, subclass_mode_data=True, run=False, save_config_callback=None,
+                     trainer_defaults=defaults, auto_configure_optimizers=False, load_from_checkpoint_support=False,
+                     args=["--config", str(config), *(overrides or [])], parser_kwargs={"exit_on_error": False})
 
 
 def train(config: str | Path, out: str | Path, overrides: list[str] | None = None, checkpoint_every: int = 50,
