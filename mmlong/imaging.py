@@ -47,3 +47,18 @@ def encode_pixels(pixels: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG" if fmt == "png" else "WEBP", **({"quality": quality} if fmt == "webp" else {}))
     return buf.getvalue()
+
+
+def to_rgb(image):
+    """A PIL image in RGB, transparency composited onto white (as qwen-vl-utils does: a plain
+    convert("RGB") puts transparent pixels on black and erases black line art)."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")

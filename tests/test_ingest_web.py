@@ -189,3 +189,49 @@ def test_urls_need_allow_network(tmp_path, server):
     assert [it.kind for it in doc.items] == [TEXT, TEXT, FIGURE] and doc.items[2].meta["alt"] == "ferry"
     assert server.paths == ["/news/page.html", "/news/pics/ferry.png"]  # the image resolved against the URL
     assert not (tmp_path / "on" / "failures.json").exists()  # written only when something failed
+
+
+def doc_site(root, pages: int = 3):
+    """A documentation-style site: a navigation bar and Prev/Next lines, headings, figures inside
+    list items and table cells, nested lists, a code block, a transparent line drawing."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "img").mkdir(exist_ok=True)
+    art = Image.new("RGBA", (60, 40), (0, 0, 0, 0))
+    for x in range(60):
+        art.putpixel((x, 20), (0, 0, 0, 255))  # black line art on a transparent background
+    art.save(root / "img" / "line.png")
+    for p in range(pages):
+        for k in range(3):
+            (root / "img" / f"p{p}-{k}.png").write_bytes(png_bytes(80, 60, (40 * k, 90, 200), label=f"{p}.{k}"))
+        (root / f"page{p}.html").write_text(f"""<html><head><title>Manual {p}</title></head><body>
+<div class="navheader">Next: page{p + 1} / Previous: page{p - 1} / Up: index</div>
+<nav><a href="index.html">Home</a> | <a href="x.html">About</a></nav>
+<div id="content"><h1>Chapter {p}</h1><p>This chapter explains the configuration of the harbour crane number {p} in detail.</p>
+<h2>Parts</h2><ol><li>Open the lid. <img src="img/p{p}-0.png" alt="lid {p}"></li>
+<li>Check the cables:<ul><li>the red cable of crane {p}</li><li>the blue cable of crane {p}</li></ul></li></ol>
+<table><tr><th>Part</th><th>Picture</th></tr><tr><td>Hook {p}</td><td><img src="img/p{p}-1.png" alt="hook"></td></tr></table>
+<figure><img src="img/p{p}-2.png" alt="overview"><figcaption>Figure {p}.1: The crane from above.</figcaption></figure>
+<pre>crane --start
+crane --lift 20</pre><p><img src="img/line.png" alt="a line"></p></div>
+<div class="navfooter">Next: page{p + 1} / Previous: page{p - 1} / Up: index</div></body></html>""")
+    return root
+
+
+def test_documentation_site_keeps_figures_headings_and_each_text_once(tmp_path):
+    root = doc_site(tmp_path / "site")
+    ingest([str(root)], tmp_path / "ds", preset="web-interleaved", workers=1, progress=False)
+    docs = sorted(store.iter_documents(tmp_path / "ds"), key=lambda d: d.source)
+    assert len(docs) == 3
+    for p, doc in enumerate(docs):
+        figures = [it for it in doc.items if it.kind == FIGURE]
+        assert [f.meta["alt"] for f in figures] == [f"lid {p}", "hook", "overview", "a line"]  # in lists and tables too
+        assert figures[2].meta["caption"] == f"Figure {p}.1: The crane from above."
+        texts = [it for it in doc.items if it.kind == TEXT]
+        heads = [(it.text, it.meta["level"]) for it in texts if it.meta.get("level")]
+        assert heads == [(f"Chapter {p}", 1), ("Parts", 2)]
+        joined = "\n".join(it.text for it in texts)
+        assert joined.count(f"the red cable of crane {p}") == 1  # the nested list once
+        assert "crane --start\ncrane --lift 20" in joined  # the code block's line breaks
+        assert "Next:" not in joined and "Home" not in joined  # navigation is not content
+        line = Image.open(io.BytesIO(figures[3].image)).convert("RGB")
+        assert line.getpixel((5, 5)) == (255, 255, 255) and sum(line.getpixel((5, 20))) < 100  # white ground, black line

@@ -1,9 +1,10 @@
 """Webpage ingest: saved HTML pages into interleaved items, or into full-page screenshots.
 
-Interleaved: the main content in DOM order (trafilatura), headings, paragraphs, list items
-and tables (rows as " | "-joined cells) as text, images as figure items with their alt text
-and figure caption (trafilatura drops <figcaption>; the captions are read from the DOM with
-selectolax). Scripts, styles, navigation and boilerplate are left out. Images resolve
+Interleaved (`dom`): the main content in DOM order: headings (with their level), paragraphs,
+list items (each text once), code blocks (line breaks kept) and tables (rows as " | "-joined
+cells) as text, every image where it stands (in lists and tables too) as a figure item with
+its alt text and caption, the caption also following it as text. Scripts, styles, navigation
+and boilerplate are left out; every image skipped is listed in the warnings with the reason. Images resolve
 relative to the page: files inside the page's own folder, data: URIs, and http(s) only with
 `allow_network`; anything else is skipped with a warning in the document's metadata.
 
@@ -26,7 +27,8 @@ from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
 from mmlong import tokens as tk
-from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels
+from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels, to_rgb
+from mmlong.ingest import dom
 from mmlong.errors import IngestError
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
 
@@ -42,7 +44,8 @@ class HtmlOptions:
     mode: str = "interleaved"
     """interleaved (text and images in DOM order) or screenshot (full-page tiles)."""
     main_content: bool = True
-    """Keep the main content only (trafilatura); else every block of the body."""
+    """Keep the main content region only (the page's marker, else located with trafilatura);
+    else every block of the body."""
     allow_network: bool = False
     """Fetch http(s) resources; off: no request leaves the machine."""
     max_bytes: int = 20_000_000
@@ -95,88 +98,10 @@ def read_html(path: Path, opts: HtmlOptions) -> tuple[str, list[str]]:
     return data.decode("cp1252", errors="replace"), warnings
 
 
-def _captions(html: str) -> dict[str, dict[str, str]]:
-    """alt text and figure caption of every <img>, by src."""
-    from selectolax.lexbor import LexborHTMLParser
-
-    out: dict[str, dict[str, str]] = {}
-    for img in LexborHTMLParser(html).css("img"):
-        src = img.attributes.get("src") or ""
-        info = {"alt": (img.attributes.get("alt") or "").strip()}
-        node = img.parent
-        while node is not None and node.tag not in ("figure", "body"):
-            node = node.parent
-        if node is not None and node.tag == "figure":
-            cap = node.css_first("figcaption")
-            if cap is not None:
-                info["caption"] = " ".join(cap.text(separator=" ").split())
-        out.setdefault(src, info)
-    return out
-
-
-def _body_blocks(html: str) -> list[tuple[str, Any]]:
-    """Every block of the body in DOM order (main_content=False, or when trafilatura finds none)."""
-    from selectolax.lexbor import LexborHTMLParser
-
-    tree = LexborHTMLParser(html)
-    for junk in tree.css("script, style, noscript, nav, header, footer, aside, form, iframe, template"):
-        junk.decompose()
-    blocks: list[tuple[str, Any]] = []
-    body = tree.body
-    if body is None:
-        return blocks
-    for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, blockquote, table, img"):
-        if node.tag == "img":
-            blocks.append(("img", node.attributes.get("src") or ""))
-        elif node.tag == "table":
-            rows = [" | ".join(" ".join(c.text().split()) for c in r.css("th, td")) for r in node.css("tr")]
-            blocks.append(("table", "\n".join(r for r in rows if r.strip())))
-        elif not any(p.tag in ("li", "table", "p", "blockquote") for p in _ancestors(node)):
-            text = " ".join(node.text(separator=" ").split())
-            if text:
-                blocks.append((node.tag, text))
-    return blocks
-
-
-def _ancestors(node):
-    node = node.parent
-    while node is not None:
-        yield node
-        node = node.parent
-
-
-def _main_blocks(html: str) -> list[tuple[str, Any]] | None:
-    import trafilatura
-    from lxml import etree
-
-    xml = trafilatura.extract(html, output_format="xml", include_images=True, include_tables=True, include_links=False,
-                              include_formatting=False, favor_recall=True, deduplicate=False)
-    if not xml:
-        return None
-    root = etree.fromstring(xml.encode())
-    main = root.find("main")
-    blocks: list[tuple[str, Any]] = []
-    for el in (main if main is not None else root):
-        if el.tag == "graphic":
-            blocks.append(("img", el.get("src") or ""))
-        elif el.tag == "table":
-            rows = [" | ".join(" ".join("".join(c.itertext()).split()) for c in r) for r in el.iter("row")]
-            blocks.append(("table", "\n".join(r for r in rows if r.strip())))
-        elif el.tag == "list":
-            blocks += [("li", " ".join("".join(i.itertext()).split())) for i in el.iter("item")]
-        else:
-            for g in el.iter("graphic"):  # an image inside a paragraph
-                blocks.append(("img", g.get("src") or ""))
-            text = " ".join("".join(el.itertext()).split())
-            if text:
-                blocks.append((el.tag, text))
-    return blocks
-
-
 def _encode(image, opts: HtmlOptions) -> bytes:
     import numpy as np
 
-    return encode_pixels(np.asarray(image.convert("RGB")), opts.image_format, opts.quality)
+    return encode_pixels(np.asarray(to_rgb(image)), opts.image_format, opts.quality)
 
 
 def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions, base_url: str | None = None
@@ -225,26 +150,28 @@ def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: 
     html, warnings = read_html(path, opts)
     inline: dict[str, str] = {}
 
-    def stash(m: re.Match) -> str:  # trafilatura drops data: URIs: pass them under a name
+    def stash(m: re.Match) -> str:  # keep megabytes of data: URIs out of the parsers: pass them under a name
         name = f"mmlong-inline-{len(inline)}.png"
         inline[name] = m[2]
         return f'src="{name}"'
 
     html = _DATA_SRC.sub(stash, html)
     try:
-        blocks = _main_blocks(html) if opts.main_content else None
-        if not blocks:
-            blocks = _body_blocks(html)
-        captions = _captions(html)
+        found = dom.blocks(html, opts.main_content)
     except (RecursionError, ValueError) as e:
         raise IngestError(f"unparseable HTML: {type(e).__name__}: {e}") from None
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     items: list[Item] = []
-    for tag, value in blocks:
-        if tag != "img":
-            items.append(Item(TEXT, text=value, tokens=tk.text_tokens(value, tok), meta={"tag": tag}))
+    for block in found:
+        if block.tag != "img":
+            meta = {"tag": block.tag, **({"level": block.level} if block.level else {})}
+            items.append(Item(TEXT, text=block.text, tokens=tk.text_tokens(block.text, tok), meta=meta))
             continue
-        data, why = _load_image(value, path, inline, opts, base_url)
+        src = block.src
+        if not src:
+            warnings.append("image without a source")
+            continue
+        data, why = _load_image(src, path, inline, opts, base_url)
         if data is None:
             warnings.append(why)
             continue
@@ -252,19 +179,23 @@ def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: 
             image = Image.open(io.BytesIO(data))
             image.load()
         except (UnidentifiedImageError, OSError) as e:
-            warnings.append(f"unreadable image {value[:80]}: {type(e).__name__}")
+            warnings.append(f"unreadable image {src[:80]}: {type(e).__name__}")
             continue
-        if min(image.size) < opts.min_image_side or max(image.size) / min(image.size) > tk.MAX_RATIO:
+        if min(image.size) < opts.min_image_side:
+            warnings.append(f"image {src[:80]} skipped: {image.width}x{image.height}, below {opts.min_image_side} px (an icon)")
+            continue
+        if max(image.size) / min(image.size) > tk.MAX_RATIO:
+            warnings.append(f"image {src[:80]} skipped: aspect ratio over {tk.MAX_RATIO} ({image.width}x{image.height})")
             continue
         if image.width * image.height > opts.max_pixels:
             scale = (opts.max_pixels / (image.width * image.height)) ** 0.5
             image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-        info = captions.get(value, {})
-        meta = {"src": value if value not in inline else "data:", **{k: v for k, v in info.items() if v}}
+        shown = "data:" if src in inline else src
+        meta = {"src": shown, **({"alt": block.alt} if block.alt else {}), **({"caption": block.caption} if block.caption else {})}
         items.append(Item(FIGURE, image=_encode(image, opts), image_format=opts.image_format, width=image.width,
                           height=image.height, tokens=tk.image_tokens(image.height, image.width, budget), meta=meta))
-        if info.get("caption"):
-            items.append(Item(TEXT, text=info["caption"], tokens=tk.text_tokens(info["caption"], tok), meta={"tag": "figcaption"}))
+        if block.caption:
+            items.append(Item(TEXT, text=block.caption, tokens=tk.text_tokens(block.caption, tok), meta={"tag": "figcaption"}))
     title = re.search(r"<title[^>]*>(.*?)</title>", html, re.I | re.S)
     return items, {"title": " ".join(title[1].split()) if title else "", "warnings": warnings}
 

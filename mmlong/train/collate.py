@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mmlong.imaging import to_rgb
 from mmlong.messages import resolve_images
 from mmlong.samples import Sample, layout
 from mmlong.train.loss import IGNORE
@@ -51,11 +52,7 @@ def encode(sample: Sample, processor, images: dict[str, Any] | None = None) -> d
 def _rgb(image):
     from PIL import Image
 
-    if isinstance(image, Image.Image) and image.mode != "RGB":
-        background = Image.new("RGB", image.size, (255, 255, 255))  # transparency onto white, as qwen-vl-utils does
-        background.paste(image, mask=image.convert("RGBA").getchannel("A"))
-        return background
-    return image
+    return to_rgb(image) if isinstance(image, Image.Image) else image
 
 
 def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_per_second: float = 2) -> dict[str, Any]:
