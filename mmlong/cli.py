@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,11 +46,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = ingest(
         args.paths, args.out, options=options, workers=args.workers, chunk_pages=args.chunk_pages, progress=not args.no_progress
     )
-    rate = report.pages / report.seconds if report.seconds else 0.0
-    print(
-        f"ingested {len(report.ingested)} document(s), {report.pages} pages in {report.seconds:.1f}s ({rate:.1f} pages/s); "
-        f"skipped {len(report.skipped)} already present; failed {len(report.failed)}"
-    )
+    units = report.pages + report.frames
+    rate = units / report.seconds if report.seconds else 0.0
+    what = [f"{n} {name}" for n, name in ((report.pages, "pages"), (report.frames, "video frames"),
+                                           (report.webpages, "webpages")) if n] or ["nothing new"]
+    print(f"ingested {len(report.ingested)} document(s): {', '.join(what)} in {report.seconds:.1f}s "
+          f"({rate:.1f} pages+frames/s); skipped {len(report.skipped)} already present; failed {len(report.failed)}")
     print(f"dataset: {Path(args.out).resolve()}")
     if report.failed:
         print(f"failures listed in {Path(args.out).resolve() / 'failures.json'}")
@@ -283,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmlong {args.command}: interrupted; finished documents are kept, re-run to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`mmlong inspect --json | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     console = Console()
     table = Table(title=f"mmlong dataset {summary['dataset']}", show_header=False)
     table.add_row("documents", f"{summary['documents']:,}")
-    table.add_row("pages", f"{summary['pages']:,}")
+    names = {"pdf": "PDFs", "html": "webpages", "video": "videos", "rendered-text": "rendered texts"}
+    for kind, counts in summary.get("sources", {}).items():
+        units = ", ".join(f"{n:,} {unit}" for unit, n in counts.items() if unit != "documents" and n)
+        table.add_row(names.get(kind, kind), f"{counts['documents']:,}" + (f" ({units})" if units else ""))
     for kind, n in summary["items_by_kind"].items():
         table.add_row(f"items: {kind}", f"{n:,}")
     for name, n in summary["tokens"].items():
@@ -63,7 +66,9 @@ def _prov(row: dict[str, Any], labels: list[str] | None) -> str:
 
 def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs: int = 3, max_pages: int = 8) -> Path:
     """Write a preview of documents (`doc_ids`, else the first `max_docs`), showing at most
-    `max_pages` pages of each: images inline, text interleaved, provenance on every item."""
+    `max_pages` pages of each (of documents without pages, videos and webpages: `max_pages`
+    images, with the text around them): images inline, text interleaved, provenance on every
+    item."""
     root, out = Path(root), Path(out)
     docs = {r["doc_id"]: r for r in read_documents(root).to_pylist()}
     chosen = list(doc_ids) if doc_ids else list(docs)[:max_docs]
@@ -73,11 +78,16 @@ def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs
     wanted = set(chosen)
     meta = {d: json.loads(docs[d]["metadata"] or "{}") for d in chosen}
     parts: dict[str, list[str]] = {d: [] for d in chosen}
+    shown_images = {d: 0 for d in chosen}
     for batch in iter_item_batches(root, batch_size=16, doc_ids=wanted):
         for row in batch.to_pylist():
             d = row["doc_id"]
             if d not in wanted or (row["page"] is not None and row["page"] >= max_pages):
                 continue
+            if row["page"] is None:  # frames, figures: count images instead of pages
+                if shown_images[d] >= max_pages:
+                    continue
+                shown_images[d] += row["kind"] in IMAGE_KINDS
             if row["kind"] in IMAGE_KINDS:
                 data = base64.b64encode(row["image"]).decode()
                 body = f'<img src="data:image/{row["image_format"]};base64,{data}" alt="{row["kind"]}">'
@@ -94,8 +104,11 @@ def write_html(root: Path, out: Path, doc_ids: list[str] | None = None, max_docs
             toc = "".join(f"<li>{'&nbsp;' * 4 * (lvl - 1)}{html.escape(t)} (p. {p})</li>" for lvl, t, p in meta[d].get("toc", []))
             f.write(
                 f'<div class="doc"><h2>{html.escape(Path(r["source"]).name)}</h2>'
-                f'<div class="prov">{html.escape(r["source"])} | doc_id {d} | {r["num_pages"]} pages | '
-                f'{r["text_tokens"]:,} text + {r["vision_tokens"]:,} vision tokens | showing pages 1-{min(max_pages, r["num_pages"])}</div>'
+                f'<div class="prov">{html.escape(r["source"])} | doc_id {d} | {r["kind"]}'
+                + (f' | {r["num_pages"]} pages' if r["num_pages"] else "") + ' | '
+                f'{r["text_tokens"]:,} text + {r["vision_tokens"]:,} vision tokens | showing '
+                + (f'pages 1-{min(max_pages, r["num_pages"])}' if r["num_pages"] else f"the first {shown_images[d]} images")
+                + '</div>'
                 + (f"<details><summary>outline</summary><ul>{toc}</ul></details>" if toc else "")
                 + "".join(parts[d])
                 + "</div>"

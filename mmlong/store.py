@@ -349,18 +349,40 @@ def length_histogram(lengths: list[int], edges: tuple[int, ...] = LENGTH_EDGES) 
 
 
 def summarize(root: Path) -> dict[str, Any]:
-    """Counts of the dataset at `root`, read without touching image bytes."""
+    """Counts of the dataset at `root`, read without touching image bytes: documents, pages,
+    items by kind, tokens, the length histogram, failures, and per source kind what its units
+    are (PDF pages, video frames and seconds, webpages with their figures and tiles)."""
     root = Path(root)
-    docs = read_documents(root, columns=["num_pages", "text_tokens", "vision_tokens", "total_tokens"])
+    docs = read_documents(root, columns=["doc_id", "kind", "num_pages", "text_tokens", "vision_tokens", "total_tokens"])
     kinds: Counter[str] = Counter()
+    per_doc: dict[str, Counter] = {}
     for path in scan(root).items:
-        kinds.update(pq.read_table(path, columns=["kind"]).column("kind").to_pylist())
+        table = pq.read_table(path, columns=["doc_id", "kind"])
+        for doc_id, kind in zip(table.column("doc_id").to_pylist(), table.column("kind").to_pylist()):
+            kinds[kind] += 1
+            per_doc.setdefault(doc_id, Counter())[kind] += 1
     text = sum(docs.column("text_tokens").to_pylist())
     vision = sum(docs.column("vision_tokens").to_pylist())
+    sources: dict[str, dict[str, int]] = {}
+    for doc_id, kind, pages in zip(docs.column("doc_id").to_pylist(), docs.column("kind").to_pylist(),
+                                   docs.column("num_pages").to_pylist()):
+        entry = sources.setdefault(kind, Counter(documents=0))
+        entry["documents"] += 1
+        counts = per_doc.get(doc_id, Counter())
+        if kind == "pdf":
+            entry["pages"] += pages
+        elif kind == "video":
+            entry["frames"] += counts["video-frame"]
+        elif kind == "html":
+            entry["figures"] += counts["figure"]
+            entry["tiles"] += counts["page-image"]
+        else:
+            entry["pages"] += pages
     return {
         "dataset": str(root),
         "documents": docs.num_rows,
         "pages": sum(docs.column("num_pages").to_pylist()),
+        "sources": {k: dict(v) for k, v in sorted(sources.items())},
         "items": sum(kinds.values()),
         "items_by_kind": dict(sorted(kinds.items())),
         "tokens": {"text": text, "vision": vision, "total": text + vision},

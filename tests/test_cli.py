@@ -16,7 +16,7 @@ def test_ingest_then_inspect_json(pdf_dir, bad_dir, tmp_path, capsys):
     code = main(["ingest", str(pdf_dir), str(empty), "--out", str(out), "--workers", "1", "--no-progress"])
     assert code == 1  # something failed, the rest was ingested
     printed = capsys.readouterr()
-    assert "ingested 2 document(s), 4 pages" in printed.out and f"dataset: {out.resolve()}" in printed.out
+    assert "ingested 2 document(s): 4 pages" in printed.out and f"dataset: {out.resolve()}" in printed.out
     assert f"skipped {empty.resolve()}: empty file (0 bytes)" in printed.err
     assert main(["inspect", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

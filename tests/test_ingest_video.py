@@ -238,3 +238,26 @@ def test_real_clip_from_debian(kivy_clip, tmp_path):
         assert a.timestamp == pytest.approx(b.timestamp, abs=0.001) and (a.width, a.height) == (728, 392)
         pa_, pb = (np.asarray(Image.open(io.BytesIO(f.image)), dtype=float) for f in (a, b))
         assert np.abs(pa_ - pb).mean() < 12  # the same picture, up to the two scalers
+
+
+def test_a_cut_off_video_says_truncated_and_how_far(tmp_path):
+    src = make_video(tmp_path / "full.mp4", 20, fps=10)
+    data = src.read_bytes()
+    (tmp_path / "cut").mkdir()
+    cut = tmp_path / "cut" / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # the index (moov) is at the end: keep it, cut the frames
+    moov = data.find(b"moov")
+    if moov > len(data) * 0.6:  # faststart off: the index is at the end, so rebuild with the index first
+        import av
+
+        with av.open(str(src)) as inp, av.open(str(tmp_path / "fast.mp4"), "w", options={"movflags": "faststart"}) as out:
+            stream = out.add_stream_from_template(inp.streams.video[0])
+            for packet in inp.demux(inp.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = stream
+                    out.mux(packet)
+        data = (tmp_path / "fast.mp4").read_bytes()
+        cut.write_bytes(data[: int(len(data) * 0.6)])
+    report = ingest([str(cut)], tmp_path / "ds", workers=1, progress=False)
+    (reason,) = report.failed.values()
+    assert "avcodec" not in reason and ("truncated" in reason or "corrupt" in reason), reason

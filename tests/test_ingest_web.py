@@ -85,7 +85,7 @@ def site(tmp_path, port: int):
 def test_interleaved_main_content_and_safe_images(tmp_path, server):
     root = site(tmp_path, server.server_address[1])
     report = ingest([str(root)], tmp_path / "ds", workers=1, progress=False)
-    assert report.ok and report.pages == 1
+    assert report.ok and report.webpages == 1
     doc = next(iter(store.iter_documents(tmp_path / "ds")))
     assert doc.kind == "html" and doc.metadata["title"] == "Harbours"
     texts = [it.text for it in doc.items if it.kind == TEXT]
@@ -235,3 +235,15 @@ def test_documentation_site_keeps_figures_headings_and_each_text_once(tmp_path):
         assert "Next:" not in joined and "Home" not in joined  # navigation is not content
         line = Image.open(io.BytesIO(figures[3].image)).convert("RGB")
         assert line.getpixel((5, 5)) == (255, 255, 255) and sum(line.getpixel((5, 20))) < 100  # white ground, black line
+
+
+def test_screenshot_tiles_leave_no_thin_strip():
+    from mmlong.ingest.web import tile_rows
+
+    for width, height in [(1280, 784 * 3 + 3), (1280, 100), (1280, 50000), (900, 1003520 // 900 * 2 + 1)]:
+        rows = tile_rows(width, height, 1003520)
+        assert rows[0][0] == 0 and rows[-1][1] == height and all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+        heights = [b - t for t, b in rows]
+        assert max(heights) - min(heights) <= 1 and all(width * h <= 1003520 for h in heights)
+        assert max(width, min(heights)) / min(width, min(heights)) < 200  # the processor accepts every tile
+    assert HtmlOptions(mode="screenshot").tile_pixels == 1280 * 28 * 28  # --html-mode screenshot tiles as the preset does

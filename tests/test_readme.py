@@ -21,5 +21,8 @@ def test_two_setup_commands_and_ci_runs_the_test_one():
     assert ci[-1] == tests
 
 
-def test_examples_exist():
-    assert sorted(p.name for p in (ROOT / "examples").glob("*.pdf")) == ["annual-report.pdf", "field-guide.pdf"]
+def test_examples_hold_all_three_source_kinds():
+    examples = ROOT / "examples"
+    assert sorted(p.name for p in examples.glob("*.pdf")) == ["annual-report.pdf", "field-guide.pdf"]
+    assert len(list((examples / "debian-handbook").glob("*.html"))) == 5
+    assert (examples / "city.mp4").is_file() and (examples / "city.srt").is_file()

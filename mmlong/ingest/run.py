@@ -39,6 +39,7 @@ class IngestReport:
     failed: dict[str, str] = field(default_factory=dict)
     pages: int = 0
     frames: int = 0
+    webpages: int = 0
     seconds: float = 0.0
 
     @property
@@ -76,7 +77,8 @@ def _worker_init() -> None:
 
 
 class _Progress:
-    """A rich progress bar with pages/s, or nothing."""
+    """A rich progress bar over the input files (their number known from the start), with
+    pages+frames done and their rate, or nothing."""
 
     def __init__(self, enabled: bool, files: int) -> None:
         from rich.console import Console
@@ -88,20 +90,21 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("[bold]ingest"),
+                TextColumn("[bold]ingest files"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("pages+frames  {task.fields[rate]:.1f}/s  docs {task.fields[docs]}/{task.fields[files]}  failed {task.fields[failed]}"),
+                TextColumn("{task.fields[units]:,} pages+frames of {task.fields[planned]:,} opened  "
+                           "{task.fields[rate]:.1f}/s  failed {task.fields[failed]}"),
                 TimeElapsedColumn(),
                 console=self.console,
             )
-            self.task = self.bar.add_task("ingest", total=0, rate=0.0, docs=0, failed=0, files=files)
+            self.task = self.bar.add_task("ingest", total=files, units=0, planned=0, rate=0.0, failed=0)
             self.bar.start()
 
-    def update(self, pages: int, total: int, docs: int, failed: int) -> None:
+    def update(self, units: int, planned: int, done: int, failed: int) -> None:
         if self.bar is not None:
-            rate = pages / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, completed=pages, total=total, rate=rate, docs=docs, failed=failed)
+            rate = units / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.update(self.task, completed=done, units=units, planned=planned, rate=rate, failed=failed)
 
     def print(self, message: str) -> None:
         self.console.print(message, highlight=False, markup=False, soft_wrap=True)
@@ -234,6 +237,8 @@ def ingest(
             start, stop = doc.chunk_range(doc.next_chunk)
             if doc.kind == "video":
                 report.frames += stop - start
+            elif doc.kind == "html":
+                report.webpages += 1
             else:
                 report.pages += stop - start
             doc.next_chunk += 1
@@ -272,7 +277,8 @@ def ingest(
                     fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
                 else:
                     collect(doc, c, done.result)
-            show.update(report.pages + report.frames, total_pages, len(report.ingested), len(report.failed))
+            show.update(report.pages + report.frames, total_pages, len(report.ingested) + len(report.skipped) + len(report.failed),
+                        len(report.failed))
     except BaseException:
         pool.cancel()
         for doc, _ in list(tasks.values()) + list(queue):

@@ -157,9 +157,14 @@ def read_subtitles(path: Path) -> list[Cue]:
     return cues
 
 
+def clock(seconds: float) -> str:
+    """HH:MM:SS of a time in seconds."""
+    s = int(seconds)
+    return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def _hms(t: float) -> str:
-    s = int(t)
-    return f"<{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}>"
+    return f"<{clock(t)}>"
 
 
 def _hist(rgb) -> Any:
@@ -199,7 +204,7 @@ def _read_pyav(path: str, wanted: list[int], fps: float, size: tuple[int, int], 
             if sought:
                 container.seek(base + int(max(0.0, target / fps - 1.0) / tb), stream=stream, backward=True, any_frame=False)
                 decoder = container.decode(stream)
-            for frame in decoder:
+            for frame in _decoded(decoder, position, fps):
                 t = (frame.pts - base) * tb if frame.pts is not None else (position + 1) / fps
                 position = int(round(t * fps))
                 if sought and position > target:
@@ -216,6 +221,24 @@ def _read_pyav(path: str, wanted: list[int], fps: float, size: tuple[int, int], 
             if sought:  # the seek overshot
                 yield from _read_pyav(path, todo, fps, size, seek_after=0)
                 return
+
+
+def _decoded(decoder, position: int, fps: float):
+    """The frames of a PyAV decoder; a decoding error (a cut-off or damaged file) becomes an
+    IngestError that says so and how far decoding got."""
+    import av
+
+    reached = max(position, 0) / fps
+    while True:  # not `yield from`: leaving a loop early must not close the decoder, which the caller resumes
+        try:
+            frame = next(decoder)
+        except StopIteration:
+            return
+        except av.FFmpegError as e:
+            raise IngestError(f"truncated or corrupt video: decoding stopped after {clock(reached)} "
+                              f"(frame {round(reached * fps)}): {type(e).__name__}") from None
+        reached = frame.time if frame.time is not None else reached
+        yield frame
 
 
 def _read_opencv(path: str, wanted: list[int], fps: float, size: tuple[int, int], seek_after: float):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
+from warnings import catch_warnings, simplefilter
 
 from mmlong import tokens as tk
 from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels, to_rgb
@@ -51,7 +52,10 @@ class HtmlOptions:
     max_bytes: int = 20_000_000
     min_image_side: int = 16
     max_pixels: int = tk.IMAGE_MAX_PIXELS
-    """Largest image (and screenshot tile) in pixels; larger ones are scaled down."""
+    """Largest image in pixels (interleaved mode); larger ones are scaled down."""
+    tile_pixels: int = 1280 * 28 * 28
+    """Screenshot mode: the full page is cut into tiles of at most this many pixels (1280
+    Qwen tokens), all of about the same height."""
     viewport_width: int = 1280
     javascript: bool = False
     timeout: float = 30.0
@@ -176,10 +180,13 @@ def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: 
             warnings.append(why)
             continue
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, OSError) as e:
-            warnings.append(f"unreadable image {src[:80]}: {type(e).__name__}")
+            with catch_warnings(record=True) as caught:  # PIL's own warnings go to the document, not stderr
+                simplefilter("always")
+                image = Image.open(io.BytesIO(data))
+                image.load()
+            warnings += [f"image {src[:80]}: {w.message}" for w in caught]
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            warnings.append(f"unreadable image {src[:80]}: {type(e).__name__}: {e}")
             continue
         if min(image.size) < opts.min_image_side:
             warnings.append(f"image {src[:80]} skipped: {image.width}x{image.height}, below {opts.min_image_side} px (an icon)")
@@ -253,14 +260,25 @@ def screenshot_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base
     except PlaywrightError as e:
         raise IngestError(f"Chromium could not render the page: {str(e).splitlines()[0]}") from None
     shot = Image.open(io.BytesIO(png)).convert("RGB")
-    tile_h = max(28, min(shot.height, opts.max_pixels // shot.width))
     items = []
-    for k, top in enumerate(range(0, shot.height, tile_h)):
-        tile = shot.crop((0, top, shot.width, min(shot.height, top + tile_h)))
+    for k, (top, bottom) in enumerate(tile_rows(shot.width, shot.height, opts.tile_pixels)):
+        tile = shot.crop((0, top, shot.width, bottom))
         items.append(Item(PAGE_IMAGE, image=_encode(tile, opts), image_format=opts.image_format, width=tile.width,
                           height=tile.height, page=k, bbox=(0, top, tile.width, top + tile.height),
                           tokens=tk.image_tokens(tile.height, tile.width, budget), meta={"tile": k}))
     return items, {"screenshot": [shot.width, shot.height], "blocked": blocked}
+
+
+def tile_rows(width: int, height: int, tile_pixels: int) -> list[tuple[int, int]]:
+    """(top, bottom) of tiles cutting a full page into as few rows of at most `tile_pixels`
+    as possible, of equal height: no thin strip is left at the bottom (a 1280x3 remainder has
+    an aspect ratio the processor refuses)."""
+    import math
+
+    most = max(28, tile_pixels // max(width, 1))
+    n = max(1, math.ceil(height / most))
+    edges = [round(k * height / n) for k in range(n + 1)]
+    return list(zip(edges, edges[1:]))
 
 
 def html_table(path: str, doc_id: str, opts: HtmlOptions, budget: tk.PixelBudget, url: str | None = None):
