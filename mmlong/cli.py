@@ -14,7 +14,8 @@
     mmlong heads detect|ablate --model PATH --samples SAMPLES [--out HEADS.json | --heads HEADS.json --k 1,2,3]
     mmlong rank DATASET --questions SAMPLES.json --ranker bm25|embedding|heads [--json]
 
-Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments.
+Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments or
+input, 3 an internal error (a bug to report).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import json
 import os
 import sys
 from pathlib import Path
+
+
+ISSUES = "https://github.com/mmlong/mmlong/issues"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -288,6 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (`mmlong inspect --json | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception:  # a bug of ours, not bad input: say where to report it, with a status of its own
+        import traceback
+
+        traceback.print_exc()
+        print(f"mmlong {args.command}: internal error (a bug in mmlong, not in your input); please report it with the "
+              f"traceback above at {ISSUES}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -20,6 +20,39 @@ class WorkerCrashed(RuntimeError):
     """The worker process running a task died, twice."""
 
 
+class TaskError(Exception):
+    """A task's exception as its message: what a worker sends back (some exceptions, lxml's
+    among them, cannot be pickled, and a worker that cannot send its error looks broken)."""
+
+
+def _call(fn: Callable, args: tuple):
+    """Run a task in a worker, its exception turned into a TaskError carrying the same words
+    (IngestError messages as they are, others with their type)."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        from mmlong.errors import IngestError
+
+        raise TaskError(str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}") from None
+
+
+def _worker_start(initializer, initargs, parent: int) -> None:
+    """A worker's start: it exits on its own when the process that started it dies (a kill -9
+    of the run must not leave workers blocked on a pipe), then runs `initializer`."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 @dataclass
 class Done:
     """A finished task: its key, and its result or the exception it raised."""
@@ -53,8 +86,10 @@ class Pool:
         self.succeeded = 0
 
     def _start(self) -> ProcessPoolExecutor:
+        import os
+
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=self.initializer, initargs=self.initargs)
+                                   initializer=_worker_start, initargs=(self.initializer, self.initargs, os.getpid()))
 
     def __len__(self) -> int:
         """Tasks submitted and not yet returned by `wait`."""
@@ -65,7 +100,7 @@ class Pool:
             fut = run_inline(fn, *args)
         else:
             try:
-                fut = self.executor.submit(fn, *args)
+                fut = self.executor.submit(_call, fn, args)
             except BrokenProcessPool:  # broke since the last wait: the tasks in flight report it
                 fut = Future()
                 fut.set_exception(BrokenProcessPool("the pool broke before the task started"))

@@ -112,7 +112,10 @@ class Files:
 
 
 def _doc_ids(path: Path) -> list[str]:
-    return pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
+    try:
+        return pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise DatasetError(f"{path}: unreadable dataset file ({e})") from None
 
 
 def scan(root: Path) -> Files:
@@ -163,16 +166,55 @@ def is_dataset(root: Path) -> bool:
     return (Path(root) / MANIFEST).is_file()
 
 
+def _read_json(path: Path, kind: type, what: str):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise DatasetError(f"{path}: corrupt {what} ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(data, kind):
+        raise DatasetError(f"{path}: corrupt {what} (a JSON {kind.__name__} expected, found {type(data).__name__})")
+    return data
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise DatasetError(f"{root}: not an mmlong dataset (no {MANIFEST})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _read_json(path, dict, "manifest")
 
 
 def read_failures(root: Path) -> dict[str, str]:
     path = Path(root) / FAILURES
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    data = _read_json(path, dict, "failures list")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise DatasetError(f"{path}: corrupt failures list (path -> reason strings expected)")
+    return data
+
+
+def _documents_file(path: Path, columns: list[str] | None) -> pa.Table:
+    """One documents file, checked against the schema: a damaged or foreign file is a
+    DatasetError that names it."""
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: unreadable documents file ({e})") from None
+    missing = [n for n in DOCUMENTS_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise DatasetError(f"{path}: not a documents table (missing columns {missing})")
+    try:
+        table = table.select(DOCUMENTS_SCHEMA.names).cast(DOCUMENTS_SCHEMA)
+    except (pa.ArrowException, ValueError) as e:
+        raise DatasetError(f"{path}: documents table with wrong column types ({e})") from None
+    for name in ("doc_id", "source", "kind"):
+        if table.column(name).null_count:
+            raise DatasetError(f"{path}: documents table with empty {name}")
+    for name in ("num_pages", "num_items", "text_tokens", "vision_tokens", "total_tokens"):
+        if table.column(name).null_count:  # a count nobody recorded is no count
+            i = table.schema.get_field_index(name)
+            table = table.set_column(i, DOCUMENTS_SCHEMA.field(name), pc.fill_null(table.column(name), 0))
+    return table.select(columns) if columns else table
 
 
 def read_documents(root: Path, columns: list[str] | None = None) -> pa.Table:
@@ -180,7 +222,7 @@ def read_documents(root: Path, columns: list[str] | None = None) -> pa.Table:
     files = scan(Path(root)).documents
     if not files:
         return DOCUMENTS_SCHEMA.empty_table().select(columns or DOCUMENTS_SCHEMA.names)
-    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+    return pa.concat_tables(_documents_file(f, columns) for f in files)
 
 
 def iter_item_batches(
@@ -215,7 +257,10 @@ def iter_documents(
     rows = (row for batch in iter_item_batches(root, columns, batch_size, wanted) for row in batch.to_pylist())
     row = next(rows, None)
     for doc_row in read_documents(root).to_pylist():
-        doc = document_from_row(doc_row)
+        try:
+            doc = document_from_row(doc_row)
+        except (ValueError, RecursionError) as e:  # options or metadata that are not JSON
+            raise DatasetError(f"{root}: document {doc_row['doc_id']} has corrupt metadata ({type(e).__name__})") from None
         keep = wanted is None or doc.doc_id in wanted
         while row is not None and row["doc_id"] == doc.doc_id:
             if keep:
@@ -263,6 +308,30 @@ class DocSink:
         self.tmp.unlink(missing_ok=True)
 
 
+LOCK = ".lock"
+
+
+def take_lock(root: Path):
+    """An exclusive lock on the dataset folder for this process (released when the returned
+    file closes, or the process dies); a second writer is refused before it touches anything."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise DatasetError(f"{root}: another mmlong run is writing this dataset ({holder}); wait for it or use another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
 class DatasetWriter:
     """Creates or resumes the dataset at `root`; documents are committed one by one."""
 
@@ -271,8 +340,9 @@ class DatasetWriter:
         self.options = options
         if self.root.exists() and not self.root.is_dir():
             raise DatasetError(f"{self.root}: exists and is not a folder")
-        if self.root.is_dir() and any(self.root.iterdir()) and not is_dataset(self.root):
+        if self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir()) and not is_dataset(self.root):
             raise DatasetError(f"{self.root}: folder is not empty and holds no mmlong dataset")
+        self.lock = take_lock(self.root)
         if is_dataset(self.root):
             manifest = read_manifest(self.root)
             if manifest.get("options") != options:
@@ -329,6 +399,7 @@ class DatasetWriter:
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
         (self.root / "README.md").write_text(DATASET_CARD, encoding="utf-8")
         shutil.rmtree(self.root / STAGING, ignore_errors=True)
+        self.lock.close()
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> str:

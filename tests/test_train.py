@@ -40,8 +40,9 @@ def needle_recipe(tmp_path: Path, cache: Path, steps: int = 6, **data) -> Path:
         "data": {"class_path": "mmlong.train.needle_data.NeedleData",
                  "init_args": {"haystack": [str(HANDBOOK / "sect.apt-get.html")],
                                "heldout": [str(HANDBOOK / "sect.network-config.html")],
-                               "stages": [{"rows": 4, "lengths": [128]}, {"rows": 4, "lengths": [128, 256]}],
-                               "row_length": 384, "batch_size": 1, "val_lengths": [128, 256], "val_per_length": 2,
+                               "stages": [{"steps": 4, "lengths": [128], "row_length": 384},
+                                          {"steps": 4, "lengths": [128, 256], "row_length": 384}],
+                               "tokens_per_batch": 384, "val_lengths": [128, 256], "val_per_length": 2,
                                "cache": str(cache), "workers": 1, **data}},
     }
     path = tmp_path / "recipe.yaml"
@@ -162,8 +163,8 @@ def test_bad_recipes_fail_before_any_work(tmp_path, capsys):
         "unknown key": ({**good, "model": {**good["model"], "optimz": {"lr": 1.0}}}, "optimz"),
         "huge model": ({**good, "model": {"model": {"config": {"text_config": {"hidden_size": 65536}}}}}, "parameters"),
         "missing checkpoint": ({**good, "model": {"model": {"path": str(tmp_path / "nowhere")}}}, "no config.json"),
-        "short window": ({**good, "data": {**good["data"], "init_args": {**good["data"]["init_args"], "row_length": 200}}},
-                         "exceeds the row length"),
+        "short window": ({**good, "data": {**good["data"], "init_args": {**good["data"]["init_args"], "stages": [
+            {"steps": 2, "lengths": [256], "row_length": 200}]}}}, "exceeds the row length"),
     }
     for name, (recipe, words) in cases.items():
         path = tmp_path / f"{name.replace(' ', '-')}.yaml"

@@ -24,7 +24,7 @@ from mmlong.ingest.options import IngestOptions
 from mmlong.ingest.pdf import pages_table
 from mmlong.ingest.video import Segmenter, frames_table
 from mmlong.ingest.web import html_table
-from mmlong.pool import Pool, WorkerCrashed
+from mmlong.pool import Pool, TaskError, WorkerCrashed
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
@@ -166,10 +166,11 @@ def ingest(
                 return True
             kind = "html" if source.startswith(("http://", "https://")) else kind_of(path)
             meta = check_input(path, kind, opts)
-        except (IngestError, OSError) as e:
-            report.failed[source] = str(e)
-            writer.fail(source, str(e))
-            show.print(f"skipped {source}: {e}")
+        except Exception as e:  # whatever one input raises is that input's failure: the run goes on
+            reason = str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}"
+            report.failed[source] = reason
+            writer.fail(source, reason)
+            show.print(f"skipped {source}: {reason}")
             return True
         if meta.get("repaired"):
             show.print(f"warning {source}: damaged PDF repaired by MuPDF; some pages may be incomplete")
@@ -274,7 +275,7 @@ def ingest(
                     fail(doc, f"a worker process crashed on {unit} {start + 1}-{stop} (a decoder crash or out of memory)")
                 elif done.error is not None:
                     e = done.error
-                    fail(doc, str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}")
+                    fail(doc, str(e) if isinstance(e, (IngestError, TaskError)) else f"{type(e).__name__}: {e}")
                 else:
                     collect(doc, c, done.result)
             show.update(report.pages + report.frames, total_pages, len(report.ingested) + len(report.skipped) + len(report.failed),

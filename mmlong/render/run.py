@@ -14,7 +14,7 @@ from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.ingest.inputs import expand_inputs
-from mmlong.pool import Done, Pool
+from mmlong.pool import Done, Pool, TaskError
 from mmlong.presets import load_preset
 from mmlong.render.glyph import RenderConfig, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
@@ -131,7 +131,8 @@ def render(
     def collect(done: Done) -> None:
         doc_id, sha, source, kind = done.key
         if done.error is not None:
-            say("failed", source, f"{type(done.error).__name__}: {done.error}")
+            e = done.error
+            say("failed", source, str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}")
             return
         pages, text_tokens, legible = done.result
         sink = writer.open(doc_id, source)

@@ -52,12 +52,16 @@ class NeedleSpec:
     """Length of the sample (haystack, needles, question and answer), in tokens."""
     count: int = 4
     """Needles (keys, values or hidden items) for the multi, count and sum variants."""
+    digits: int = 7
+    """Digits of a magic number (RULER: 7; fewer make a curriculum for small models)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS or self.modality not in MODALITIES:
             raise ValueError(f"variant must be one of {VARIANTS} and modality one of {MODALITIES}")
         if not 0 <= self.depth <= 1 or self.count < 1 or self.target_tokens < 64:
             raise ValueError(f"need depth in [0, 1], count >= 1 and target_tokens >= 64: {self}")
+        if not 1 <= self.digits <= 12:
+            raise ValueError(f"need 1 <= digits <= 12, got {self.digits}")
         if self.modality != "text" and self.variant not in ("single", "count"):
             raise ValueError(f"{self.modality} needles support the single and count variants, not {self.variant}")
 
@@ -247,7 +251,7 @@ def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
     depths = [spec.depth] + [spec.depth + (1 - spec.depth) * (i + 1) / n for i in range(n - 1)]
     used: set[str] = set()
     keys = [_key(rng, used) for _ in range(n)]
-    values = [str(rng.randint(1_000_000, 9_999_999)) for _ in range(n)]
+    values = [str(rng.randint(10 ** (spec.digits - 1), 10**spec.digits - 1)) for _ in range(n)]
     if spec.variant in ("multi-value", "count"):
         keys = [keys[0]] * n
     question, answer, fmt = _question(spec, keys, values)

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from mmlong import tokens as tk
 from mmlong.samples import QA, Sample, Segment, build_sample, write_samples
 from mmlong.schema import Document
-from mmlong.store import atomic_write_text, iter_documents
+from mmlong.errors import DatasetError
+from mmlong.store import atomic_write_text, is_dataset, iter_documents, read_manifest
 from mmlong.synthesis.segments import sample_segment
 from mmlong.synthesis.template import TemplateWriter
 
@@ -42,6 +43,9 @@ def synth(
     """Write QA samples for every document of `dataset` into out/samples.parquet (and a summary
     in out/synth.json). Deterministic for a seed: each document draws from its own stream."""
     writer = writer or TemplateWriter()
+    read_manifest(Path(dataset))  # a dataset, or a DatasetError that says it is not
+    if is_dataset(Path(out)) or Path(out).resolve() == Path(dataset).resolve():
+        raise DatasetError(f"{out}: is a dataset; write samples to a folder of their own")
     dataset = str(Path(dataset).resolve())
     tok = tk.load_tokenizer()
     samples: list[Sample] = []

@@ -48,38 +48,39 @@ class Windows(Dataset):
 class ShardedBatches(Sampler):
     """Batches of window indices for one rank: every epoch a permutation seeded by
     (seed, epoch), cut into batches of `batch_size`, batch k going to rank k % world. With
-    `blocks` (sizes of consecutive index ranges: curriculum stages) each block is permuted on
-    its own and the blocks keep their order. `skip` batches are passed over once (a resumed
-    epoch)."""
+    `blocks` ((windows, batch size) of consecutive index ranges: curriculum stages) each block
+    is permuted on its own, cut into its own batch size, and the blocks keep their order.
+    `skip` batches are passed over once (a resumed epoch)."""
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True,
-                 blocks: list[int] | None = None, drop_last: bool = True) -> None:
-        self.n, self.batch_size, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
-        self.drop_last = drop_last
-        self.blocks = blocks or [n]
-        if sum(self.blocks) != n:
+                 blocks: list[tuple[int, int]] | None = None, drop_last: bool = True) -> None:
+        self.n, self.seed, self.rank, self.world, self.shuffle, self.drop_last = n, seed, rank, world, shuffle, drop_last
+        self.blocks = [tuple(b) for b in blocks] if blocks else [(n, batch_size)]
+        if sum(size for size, _ in self.blocks) != n:
             raise ValueError(f"blocks {self.blocks} do not add up to {n} windows")
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _counts(self) -> list[int]:
+        return [size // bs if self.drop_last else -(-size // bs) for size, bs in self.blocks]
+
     def __len__(self) -> int:
         """Batches per rank: the same on every rank (none waits at the end); without
-        `drop_last` the short last batch is kept (validation on one rank)."""
-        batches = self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-        return batches // self.world
+        `drop_last` a short last batch is kept (validation on one rank)."""
+        return sum(self._counts()) // self.world
+
     def __iter__(self):
-        order, start = [], 0
         rng = random.Random(f"{self.seed}:{self.epoch}")
-        for size in self.blocks:
+        batches, start = [], 0
+        for (size, bs), count in zip(self.blocks, self._counts()):
             block = list(range(start, start + size))
             if self.shuffle:
                 rng.shuffle(block)
-            order += block
+            batches += [block[k * bs : (k + 1) * bs] for k in range(count)]
             start += size
-        batches = [order[k * self.batch_size : (k + 1) * self.batch_size] for k in range(len(self) * self.world)]
-        mine = batches[self.rank :: self.world]
+        mine = batches[: len(self) * self.world][self.rank :: self.world]
         skip, self.skip = self.skip, 0
         return iter(mine[skip:])
 

@@ -59,12 +59,18 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 class VLMModule(L.LightningModule):
     """A vision-language model and how it is optimized."""
 
-    def __init__(self, model: ModelSettings, optim: OptimSettings | None = None, loss_chunk: int = 4096) -> None:
+    def __init__(self, model: ModelSettings, optim: OptimSettings | None = None, loss_chunk: int = 4096,
+                 sampled_negatives: int = 0) -> None:
+        """`sampled_negatives` > 0 trains with a sampled softmax (the batch's targets and that
+        many random tokens, drawn from a stream seeded by the step: resumable); validation and
+        evaluation always score over the whole vocabulary."""
         super().__init__()
         self.settings = model
         self.optim = optim or OptimSettings()
         self.loss_chunk = loss_chunk
-        self.save_hyperparameters({"model": asdict(model), "optim": asdict(self.optim), "loss_chunk": loss_chunk})
+        self.negatives = sampled_negatives
+        self.save_hyperparameters({"model": asdict(model), "optim": asdict(self.optim), "loss_chunk": loss_chunk,
+                                   "sampled_negatives": sampled_negatives})
         self.model = build_model(model)
         self.automatic_optimization = False
         self.accumulate = 1
@@ -86,9 +92,10 @@ class VLMModule(L.LightningModule):
                                mm_token_type_ids=batch["mm_token_type_ids"], attention_mask=None, use_cache=False, **kwargs)
         return out.last_hidden_state
 
-    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+    def loss(self, batch: dict[str, Any], negatives: int = 0, draw: int = 0) -> tuple[torch.Tensor, int, int]:
         """Summed token loss of the batch's labels, their count and how many the argmax gets."""
-        return chunked_cross_entropy(self(batch), batch["labels"], self.model.lm_head, self.loss_chunk)
+        generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + draw) if negatives else None
+        return chunked_cross_entropy(self(batch), batch["labels"], self.model.lm_head, self.loss_chunk, negatives, generator)
 
     def _keep_rope_fp32(self) -> None:
         """A precision plugin may have cast the whole module (bf16-true): recompute the RoPE
@@ -108,7 +115,8 @@ class VLMModule(L.LightningModule):
         self._started = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, n, correct = self.loss(batch)
+        draw = self.global_step * self.accumulate + self._window.get("micro", 0)  # the same negatives after a resume
+        loss, n, correct = self.loss(batch, self.negatives, draw)
         self.manual_backward(loss)
         w = self._window
         for key, value in (("loss", float(loss.detach())), ("tokens", n), ("correct", correct),
@@ -181,7 +189,7 @@ class VLMModule(L.LightningModule):
         plain = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
         o = self.optim
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": plain, "weight_decay": 0.0}],
-                                lr=o.lr, betas=o.betas, eps=o.eps)
+                                lr=o.lr, betas=o.betas, eps=o.eps, fused=True)  # one kernel over all parameters
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else 1000
         warmup = int(o.warmup * total) if o.warmup < 1 else int(o.warmup)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, max(1, warmup), o.min_lr / o.lr))
