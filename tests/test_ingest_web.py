@@ -160,8 +160,13 @@ def _screenshots_possible() -> bool:
 def test_screenshots_block_everything_outside_the_page(tmp_path, server):
     root = site(tmp_path, server.server_address[1])
     page = root / "index.html"
-    page.write_text(page.read_text().replace("</article>", '<iframe src="file:///etc/hostname"></iframe></article>'))
-    opts = IngestOptions(html=HtmlOptions(mode="screenshot", max_pixels=1280 * 700))
+    (root / ".ssh").mkdir()
+    (root / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    (root / "notes.txt").write_text("a sibling text file")
+    page.write_text(page.read_text().replace("</article>", '<iframe src="file:///etc/hostname"></iframe>'
+                                             '<iframe src=".ssh/id_rsa"></iframe><object data="notes.txt"></object>'
+                                             '<embed src="notes.txt"></article>'))
+    opts = IngestOptions(html=HtmlOptions(mode="screenshot", tile_pixels=1280 * 700))
     report = ingest([str(page)], tmp_path / "ds", options=opts, workers=1, progress=False)
     assert report.ok, report.failed
     doc = next(iter(store.iter_documents(tmp_path / "ds")))
@@ -170,6 +175,7 @@ def test_screenshots_block_everything_outside_the_page(tmp_path, server):
     assert sum(t.height for t in tiles) == doc.metadata["screenshot"][1]
     blocked = " ".join(doc.metadata["blocked"])
     assert "file:///etc/hostname" in blocked and f"127.0.0.1:{server.server_address[1]}" in blocked
+    assert ".ssh/id_rsa" in blocked and "notes.txt" in blocked  # files of the page's own folder a page does not need
     assert server.paths == []  # no request reached the server
     boat = Image.open(io.BytesIO(tiles[0].image)).convert("RGB")
     assert any(boat.getpixel((x, y))[0] > 180 and boat.getpixel((x, y))[1] < 80
@@ -247,3 +253,30 @@ def test_screenshot_tiles_leave_no_thin_strip():
         assert max(heights) - min(heights) <= 1 and all(width * h <= 1003520 for h in heights)
         assert max(width, min(heights)) / min(width, min(heights)) < 200  # the processor accepts every tile
     assert HtmlOptions(mode="screenshot").tile_pixels == 1280 * 28 * 28  # --html-mode screenshot tiles as the preset does
+
+
+def test_the_sandbox_loads_only_what_a_page_needs(tmp_path):
+    from mmlong.ingest.web import _page_needs
+
+    assert _page_needs(tmp_path / "pic.png", "image") and _page_needs(tmp_path / "s.css", "stylesheet")
+    assert _page_needs(tmp_path / "frame.html", "document") and _page_needs(tmp_path / "f.woff2", "font")
+    for name, kind in [(".ssh/id_rsa", "document"), ("notes.txt", "document"), ("secret.json", "other"),
+                       ("key.pem", "image"), ("data.csv", "xhr")]:
+        assert not _page_needs(tmp_path / name, kind), name
+
+
+def test_html_oddities_fail_only_themselves(tmp_path):
+    from mmlong.ingest.web import read_html
+
+    (tmp_path / "u16.html").write_bytes(b'<html><head><meta charset="utf-16"></head><body><p>plain ASCII text</p></body></html>')
+    text, _ = read_html(tmp_path / "u16.html", HtmlOptions())
+    assert "plain ASCII text" in text
+    long = "x" * 300 + ".png"
+    (tmp_path / "odd.html").write_text(f"<html><body><article><h1>Title</h1><p>{'Some words here. ' * 20}</p>"
+                                       f"<img src='{long}'><img src='http://[::1'><img src='ok.png'></article></body></html>")
+    (tmp_path / "ok.png").write_bytes(png_bytes(40, 40))
+    report = ingest([str(tmp_path / "odd.html")], tmp_path / "ds", preset="web-interleaved", workers=1, progress=False)
+    assert report.ok
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    assert [it.meta["src"] for it in doc.items if it.kind == FIGURE] == ["ok.png"]
+    assert len(doc.metadata["warnings"]) == 2

@@ -205,3 +205,14 @@ def test_missing_ocr_engine_is_named(monkeypatch):
 def test_token_budget_applies_to_rendered_pages():
     pages = render_text(TEXT, preset("large-print"), budget=tk.PixelBudget(3136, 256 * 784))
     assert all(p.tokens == tk.image_tokens(p.height, p.width, tk.PixelBudget(3136, 256 * 784)) <= 256 for p in pages)
+
+
+def test_control_characters_and_empty_texts(tmp_path):
+    from mmlong.render.run import render
+
+    (tmp_path / "nul.txt").write_text("First part of the text.\x00 Second part after a NUL byte.\n" * 20)
+    (tmp_path / "empty.txt").write_text(" \n\x00\n")
+    report = render([str(tmp_path / "nul.txt"), str(tmp_path / "empty.txt")], tmp_path / "out", workers=1, progress=False)
+    (done,) = report.documents
+    assert 0.5 < done.ratio < 6  # the whole text rendered: not a page cut at the NUL
+    assert "no text to render" in report.failed[str(tmp_path / "empty.txt")]

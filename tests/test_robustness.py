@@ -151,3 +151,17 @@ def test_commands_refuse_bad_paths_and_files(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "ds"), "--out", str(tmp_path / "ds")]) == 2  # never into a dataset
     assert "is a dataset" in capsys.readouterr().err
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["options"]
+
+
+def test_a_page_the_processor_would_refuse_is_skipped_with_a_warning(tmp_path):
+    import pymupdf
+
+    doc = pymupdf.open()
+    doc.new_page(width=595, height=842).insert_text((50, 80), "A normal page.")
+    doc.new_page(width=4, height=1200).insert_text((0, 10), "x")  # a 1:300 strip
+    doc.save(tmp_path / "strip.pdf")
+    report = ingest([str(tmp_path / "strip.pdf")], tmp_path / "ds", workers=1, progress=False)
+    assert report.ok
+    (d,) = store.iter_documents(tmp_path / "ds", images=False)
+    assert [it.page for it in d.items if it.kind == "page-image"] == [0]
+    assert any("page 2 not rendered" in w for w in d.metadata["warnings"])

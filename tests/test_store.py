@@ -113,6 +113,7 @@ def test_recover_drops_uncommitted_and_temporary_files(tmp_path):
     doc, items = make_doc(3)
     sink = w.open(doc.doc_id, doc.source)
     sink.write(items)  # killed before commit: only a staging file
+    w.lock.close()  # the killed process's lock goes with it
     shutil.copy(root / "items" / "part-doc0001.parquet", root / "items" / "part-doc0009.parquet")  # items without doc row
     assert [d.doc_id for d in store.iter_documents(root)] == ["doc0001", "doc0002"]
     w2 = store.DatasetWriter(root, OPTIONS)  # resume

@@ -148,15 +148,22 @@ def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tk.Pi
     )
 
 
-def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, tokenizer) -> list[Item]:
+def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, tokenizer,
+               warnings: list[str] | None = None) -> list[Item]:
     """Items of one PyMuPDF page, in reading order. `budget` is the pixel budget of
-    the Qwen image processor, used for token counts."""
+    the Qwen image processor, used for token counts. A page render the processor would refuse
+    (aspect ratio over 200) is left out with a line in `warnings`; its text stays."""
+    warnings = warnings if warnings is not None else []
     import pymupdf
 
     rect = page.rect
     items: list[Item] = []
     zoom = _zoom(rect.width, rect.height, opts)
-    if opts.mode in ("pages", "interleaved"):
+    w, h = rect.width * zoom, rect.height * zoom
+    if opts.mode in ("pages", "interleaved") and max(w, h) / max(min(w, h), 1e-9) > tk.MAX_RATIO:
+        warnings.append(f"page {index + 1} not rendered: its aspect ratio {max(w, h) / min(w, h):.0f} is over "
+                        f"{tk.MAX_RATIO}, which the Qwen2.5-VL processor refuses")
+    elif opts.mode in ("pages", "interleaved"):
         pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False, colorspace=pymupdf.csRGB)
         items.append(_image_item(PAGE_IMAGE, pix, index, tuple(rect), opts, budget))
     if opts.mode == "pages":
@@ -200,7 +207,8 @@ def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, token
 _open_doc: tuple[str, Any] | None = None
 
 
-def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tk.PixelBudget) -> list[Item]:
+def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tk.PixelBudget,
+                warnings: list[str] | None = None) -> list[Item]:
     """Items of pages [start, stop) of the PDF at `path`. Runs in worker processes, which keep
     the last opened document open between calls."""
     global _open_doc
@@ -216,14 +224,17 @@ def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tk.P
     items: list[Item] = []
     for index in range(start, stop):
         try:
-            items.extend(page_items(doc[index], index, opts, budget, tokenizer))
+            items.extend(page_items(doc[index], index, opts, budget, tokenizer, warnings))
         except Exception as e:
             raise IngestError(f"page {index + 1}: {type(e).__name__}: {e}") from None
     return items
 
 
 def pages_table(path: str, doc_id: str, start: int, stop: int, opts: PdfOptions, budget: tk.PixelBudget):
-    """`pages_items` as an Arrow items table, built in the worker so the parent only writes it."""
+    """`pages_items` as an Arrow items table, built in the worker so the parent only writes it,
+    and the pages' warnings."""
     from mmlong.schema import items_table
 
-    return items_table(doc_id, path, pages_items(path, start, stop, opts, budget))
+    warnings: list[str] = []
+    table = items_table(doc_id, path, pages_items(path, start, stop, opts, budget, warnings))
+    return (table, {"warnings": warnings}) if warnings else table

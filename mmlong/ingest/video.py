@@ -144,12 +144,27 @@ def check_video(path: Path, opts: VideoOptions) -> dict[str, Any]:
 
 
 def read_subtitles(path: Path) -> list[Cue]:
-    """Cues of an SRT or WebVTT file, in milliseconds (pysubs2); ValueError if malformed."""
+    """Cues of an SRT or WebVTT file, in milliseconds (pysubs2); ValueError if malformed. The
+    text is decoded as players do: a BOM (UTF-8, UTF-16), else UTF-8, else the legacy charset
+    charset-normalizer finds (ISO-8859-9, Windows-1251 ...), else Windows-1252."""
     import pysubs2
 
+    data = path.read_bytes()
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            text = data.decode(codec, errors="replace")
+            break
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            from charset_normalizer import from_bytes
+
+            best = from_bytes(data).best()
+            text = str(best) if best is not None else data.decode("cp1252", errors="replace")
     try:
-        subs = pysubs2.load(str(path), encoding="utf-8")
-    except (pysubs2.exceptions.Pysubs2Error, UnicodeDecodeError, ValueError) as e:
+        subs = pysubs2.SSAFile.from_string(text, format_=("vtt" if path.suffix.lower() == ".vtt" else None))
+    except (pysubs2.exceptions.Pysubs2Error, ValueError) as e:
         raise ValueError(f"malformed subtitles {path.name}: {type(e).__name__}: {e}") from None
     cues = [Cue(e.start / 1000, e.end / 1000, e.plaintext.strip()) for e in subs if not e.is_comment and e.plaintext.strip()]
     if not cues and path.stat().st_size > 0:

@@ -88,8 +88,11 @@ def read_html(path: Path, opts: HtmlOptions) -> tuple[str, list[str]]:
     match = re.search(rb"""<meta[^>]+charset=["']?([\w-]+)""", data[:4096], re.I)
     warnings = []
     if match:
+        declared = match[1].decode().lower()
+        if declared.startswith("utf-16"):  # a page that can say so in ASCII is not UTF-16: browsers read UTF-8
+            declared = "utf-8"
         try:
-            return data.decode(match[1].decode()), warnings
+            return data.decode(declared), warnings
         except (LookupError, UnicodeDecodeError):
             warnings.append(f"the declared charset {match[1].decode()} does not decode the page; read as windows-1252")
     try:
@@ -111,7 +114,16 @@ def _encode(image, opts: HtmlOptions) -> bytes:
 def _load_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions, base_url: str | None = None
                 ) -> tuple[bytes | None, str]:
     """Image bytes for `src`, or None and why not. A page fetched from `base_url` resolves
-    relative sources against it."""
+    relative sources against it. Nothing about one image (a broken URL, a name too long for
+    the file system) fails the page."""
+    try:
+        return _fetch_image(src, page, inline, opts, base_url)
+    except (ValueError, OSError) as e:
+        return None, f"image {src[:80]!r} skipped: {type(e).__name__}: {str(e)[:120]}"
+
+
+def _fetch_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions, base_url: str | None = None
+                 ) -> tuple[bytes | None, str]:
     if src in inline:
         src = inline[src]
     elif base_url and not src.startswith("data:"):
@@ -207,6 +219,23 @@ def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: 
     return items, {"title": " ".join(title[1].split()) if title else "", "warnings": warnings}
 
 
+PAGE_FILES = {
+    "document": {".html", ".htm", ".xhtml"},
+    "stylesheet": {".css"},
+    "image": {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp", ".ico", ".avif"},
+    "font": {".woff", ".woff2", ".ttf", ".otf", ".eot"},
+}
+"""What a saved page may load from its own folder, by request type: what it needs to look right."""
+
+
+def _page_needs(path: Path, resource_type: str) -> bool:
+    """A file of the page's folder the page may load: HTML (sub)frames, stylesheets, images and
+    fonts, by their suffix; never other files (an <iframe src=".ssh/id_rsa"> stays blank)."""
+    suffix = path.suffix.lower()
+    allowed = PAGE_FILES.get(resource_type, set())
+    return suffix in allowed or (resource_type not in PAGE_FILES and suffix in PAGE_FILES["image"] | PAGE_FILES["stylesheet"])
+
+
 def find_chromium() -> str:
     for name in CHROMIUM:
         if found := shutil.which(name):
@@ -231,7 +260,8 @@ def screenshot_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base
 
     def route(r) -> None:
         url = urlparse(r.request.url)
-        if url.scheme == "file" and (root == Path(unquote(url.path)).resolve() or root in Path(unquote(url.path)).resolve().parents):
+        local = Path(unquote(url.path)).resolve() if url.scheme == "file" else None
+        if local is not None and (root == local or root in local.parents) and _page_needs(local, r.request.resource_type):
             r.continue_()
         elif url.scheme in ("http", "https") and opts.allow_network:
             r.continue_()

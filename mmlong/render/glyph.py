@@ -221,11 +221,21 @@ def _clip(page, cfg: RenderConfig, last: bool):
     return type(rect)(0, 0, min(rect.x1, x1), min(rect.y1, y1))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """`text` without control characters (a NUL ends MuPDF's layout: everything after it
+    would be lost while the counts still held it); tabs, newlines and carriage returns stay."""
+    return _CONTROL.sub(" ", text)
+
+
 def render_text(text: str, cfg: RenderConfig, budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> list[RenderedPage]:
     """Render `text` to page images; `budget` sizes their token counts.
     Pages are laid out black on white and tinted to the config's colours."""
     import pymupdf
 
+    text = clean_text(text)
     if not text.strip():
         return []
     doc = layout(text, cfg)

@@ -16,7 +16,7 @@ from mmlong import tokens as tk
 from mmlong.ingest.inputs import expand_inputs
 from mmlong.pool import Done, Pool, TaskError
 from mmlong.presets import load_preset
-from mmlong.render.glyph import RenderConfig, render_text
+from mmlong.render.glyph import RenderConfig, clean_text, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
 from mmlong.store import DatasetWriter, is_dataset, iter_documents
 
@@ -85,6 +85,9 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, str, str, str, str]]:
 
 
 def _render_one(text: str, cfg: RenderConfig, budget: tk.PixelBudget, ocr: str | None):
+    text = clean_text(text)
+    if not text.strip():
+        raise ValueError("no text to render (empty, or only whitespace and control characters)")
     pages = render_text(text, cfg, budget)
     legible = None
     if ocr and pages:
