@@ -13,6 +13,7 @@
     mmlong score mmlongbench-doc PREDICTIONS.json [--json]
     mmlong heads detect|ablate --model PATH --samples SAMPLES [--out HEADS.json | --heads HEADS.json --k 1,2,3]
     mmlong rank DATASET --questions SAMPLES.json --ranker bm25|embedding|heads [--json]
+    mmlong serve --model PATH [--port 8000]
 
 Exit status: 0 success, 1 some inputs failed (the rest was ingested), 2 unusable arguments or
 input, 3 an internal error (a bug to report).

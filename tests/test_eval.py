@@ -12,6 +12,7 @@ import pytest
 
 from mmlong.eval.models import LocalModel, ServerModel
 from mmlong.eval.run import choice, evaluate, needle_score, read_records
+from mmlong.eval.serve import respond
 from tests.conftest import ROOT, ChatServer, completion, make_video, write_pdf
 
 HANDBOOK = ROOT / "examples" / "debian-handbook"
@@ -30,20 +31,11 @@ def local(tiny_vlm, tmp_path_factory):
 
 
 def serving(model: LocalModel):
-    """A responder that answers chat completions with `model`, as a server would: OpenAI
-    messages back into mmlong's (images as the data URLs received)."""
-    def respond(body):
-        messages = []
-        for m in body["messages"]:
-            content = m["content"]
-            if isinstance(content, list):
-                content = [{"type": "image", "image": p["image_url"]["url"]} if p["type"] == "image_url" else p for p in content]
-            messages.append({"role": m["role"], "content": content})
-        (reply,) = model.generate([messages], body.get("max_tokens") or 16)
-        if isinstance(reply, Exception):
-            return 400, {}, json.dumps({"error": str(reply)}).encode(), 0
-        return 200, {}, completion(reply), 0
-    return respond
+    """A responder that answers chat completions with `model` as `mmlong serve` does."""
+    def answer(body):
+        status, reply = respond(model, body)
+        return status, {}, json.dumps(reply).encode(), 0
+    return answer
 
 
 def test_scoring_rules_of_needles_and_choices():
@@ -65,6 +57,21 @@ def test_local_and_server_give_the_same_predictions(local, tmp_path):
     assert all(r["prompt_tokens"] <= r["length"] for r in report["records"])
     assert set(report["summary"]["grid"]) == {"128", "256"}
     assert {"report.md", "report.html", "needle_heatmap.png", "accuracy_by_length.png"} <= {f.name for f in (tmp_path / "local").iterdir()}
+
+
+def test_mmlong_serve_answers_as_the_local_model(local, tmp_path):
+    import requests
+
+    from mmlong.eval.serve import ChatServer as Serve
+
+    here = evaluate("needle-tiny", local, tmp_path / "local", NEEDLES, progress=False)
+    with Serve(local) as srv:
+        assert requests.get(f"{srv.url}/models", timeout=10).json()["data"][0]["id"] == local.name
+        bad = requests.post(f"{srv.url}/chat/completions", data=b"{nope", timeout=10)
+        assert bad.status_code == 400 and "not JSON" in bad.json()["error"]["message"]
+        there = evaluate("needle-tiny", ServerModel(srv.url, "tiny", concurrency=3), tmp_path / "server", NEEDLES,
+                         progress=False)
+    assert [r["response"] for r in here["records"]] == [r["response"] for r in there["records"]]
 
 
 def test_cached_rerun_and_resume_after_interruption(local, tmp_path):

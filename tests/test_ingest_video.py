@@ -163,6 +163,22 @@ def test_subtitles_are_interleaved_by_time_in_milliseconds(minute, tmp_path):
     assert subs[1][1].meta["start"] == 12.345 and doc.metadata["subtitles"].endswith("talk.srt")
 
 
+def test_subtitles_added_or_changed_after_ingest_are_reported(minute, tmp_path):
+    video = tmp_path / "talk.mp4"
+    video.write_bytes(minute.read_bytes())
+    opts = IngestOptions(video=VideoOptions(fps=0.2))
+    first = ingest([str(video)], tmp_path / "ds", options=opts, workers=1, progress=False)
+    assert first.ingested and not first.warnings
+    (tmp_path / "talk.srt").write_text(SRT)
+    again = ingest([str(video)], tmp_path / "ds", options=opts, workers=1, progress=False)
+    assert again.skipped == [str(video)] and "talk.srt added after the video was ingested" in again.warnings[0]
+    with_subs = ingest([str(video)], tmp_path / "ds2", options=opts, workers=1, progress=False)
+    assert with_subs.ingested and not ingest([str(video)], tmp_path / "ds2", options=opts, workers=1, progress=False).warnings
+    (tmp_path / "talk.srt").write_text(SRT.replace("Hello", "Goodbye"))
+    changed = ingest([str(video)], tmp_path / "ds2", options=opts, workers=1, progress=False)
+    assert "talk.srt changed since the video was ingested" in changed.warnings[0]
+
+
 def test_bad_videos_and_subtitles_are_reported(minute, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

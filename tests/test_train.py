@@ -129,6 +129,38 @@ def test_training_run_writes_checkpoints_logs_and_a_hf_folder(tmp_path, cache):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-2:] == ["Qwen2_5_VLForConditionalGeneration", "3"]
+    # the packing check on the trained model and its own packed windows
+    check = [sys.executable, "-m", "mmlong.cli", "train", "check", "--model", str(folder), "--data", str(cache / "train" / "stage-1")]
+    done = subprocess.run(check, capture_output=True, text=True)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["ok"] and result["samples"] > result["windows"] >= 1, done.stderr
+    assert result["max_logit_diff"] < 1e-4 and result["loss_diff"] < 1e-5
+
+
+def test_the_packing_check_catches_1d_positions(monkeypatch, tmp_path, cache):
+    """What trainers shipped: one position sequence over the packed row (no restart per
+    sample, no M-RoPE rows). The check must fail on it."""
+    import mmlong.train.check as check
+    from mmlong.train.data import windows_from_mixture
+    from mmlong.train.needle_data import NeedleData, Stage
+    from mmlong.train.processor import build_processor
+
+    data = yaml.safe_load(needle_recipe(tmp_path, cache).read_text())["data"]["init_args"]
+    NeedleData(**{**data, "stages": [Stage(**s) for s in data["stages"]]}).prepare_data()  # cached: made once
+    windows = [w for w in windows_from_mixture(cache / "train" / "stage-1")[0] if len(w) > 1][:2]
+    model = build_model(ModelSettings(config=tiny_config())).eval()
+    good = check.check_packing(model, build_processor(), windows)
+    assert good.ok(1e-4)
+    real = check.pack_row
+
+    def one_d(encoded, *args):
+        row = real(encoded, *args)
+        row["position_ids"] = torch.arange(row["input_ids"].shape[0]).expand(4, -1).clone()
+        return row
+
+    monkeypatch.setattr(check, "pack_row", one_d)
+    bad = check.check_packing(model, build_processor(), windows)
+    assert not bad.ok(1e-4) and bad.max_logit_diff > 1e-3
 
 
 def test_kill_9_then_resume_gives_the_same_loss_curve(tmp_path, cache):

@@ -125,6 +125,21 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmlong.eval.models import LocalModel
+    from mmlong.eval.serve import ChatServer
+
+    server = ChatServer(LocalModel(args.model, attn_implementation=args.attn), args.host, args.port)
+    print(f"serving {args.model} at {server.url} (chat/completions; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def add_eval_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a task (long-doc VQA, needles, compression, video QA)")
     p.add_argument("task", nargs="?", help="task recipe (eval/*.yaml name or path)")
@@ -183,3 +198,10 @@ def add_eval_commands(sub) -> None:
     p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr"], help="read pages without a text layer with OCR")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible chat completions endpoint")
+    p.add_argument("--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--attn", default="sdpa")
+    p.set_defaults(func=cmd_serve)

@@ -37,6 +37,7 @@ class IngestReport:
     ingested: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     pages: int = 0
     frames: int = 0
     webpages: int = 0
@@ -114,6 +115,28 @@ class _Progress:
             self.bar.stop()
 
 
+def _subtitles_changed(root: Path, doc_id: str, video: Path, opts: IngestOptions) -> str | None:
+    """Why a video already in the dataset no longer matches its subtitle file (added, changed
+    or removed since it was ingested), or None."""
+    import json
+
+    from mmlong.ingest.video import SUBTITLE_SUFFIXES
+    from mmlong.store import read_documents
+
+    if not opts.video.subtitles:
+        return None
+    sub = next((video.with_suffix(x) for x in SUBTITLE_SUFFIXES if video.with_suffix(x).is_file()), None)
+    rows = read_documents(root, ["doc_id", "metadata"]).to_pylist()
+    meta = next((json.loads(r["metadata"] or "{}") for r in rows if r["doc_id"] == doc_id), {})
+    before, now = meta.get("subtitles_sha256"), file_sha256(sub) if sub else None
+    if before == now or (before is None and meta.get("subtitles") and sub):  # unchanged (or from before hashes)
+        return None
+    if sub is None:
+        return f"its subtitles {Path(meta['subtitles']).name} are gone; the dataset keeps them as ingested"
+    what = "added after the video was ingested" if not meta.get("subtitles") else "changed since the video was ingested"
+    return f"subtitles {sub.name} {what} are not in the dataset: ingest into a new --out to include them"
+
+
 def ingest(
     paths: list[str],
     out: str | Path,
@@ -163,6 +186,9 @@ def ingest(
                 report.skipped.append(source)
                 if seen != source:
                     show.print(f"skipped {source}: same content as {seen}")
+                elif kind_of(path) == "video" and (note := _subtitles_changed(Path(out), doc_id, path, opts)):
+                    show.print(f"warning {source}: {note}")
+                    report.warnings.append(f"{source}: {note}")
                 return True
             kind = "html" if source.startswith(("http://", "https://")) else kind_of(path)
             meta = check_input(path, kind, opts)

@@ -134,7 +134,10 @@ def check_video(path: Path, opts: VideoOptions) -> dict[str, Any]:
         for suffix in SUBTITLE_SUFFIXES:
             sub = path.with_suffix(suffix)
             if sub.is_file():
+                from mmlong.ingest.inputs import file_sha256
+
                 meta["subtitles"] = str(sub)
+                meta["subtitles_sha256"] = file_sha256(sub)  # a later run tells when they changed
                 try:
                     meta["cues"] = [c.__dict__ for c in read_subtitles(sub)]
                 except ValueError as e:

@@ -56,7 +56,8 @@ def check_packing(model, processor, windows: list[list[Sample]], chunk: int = 10
         encoded = [encode(s, processor) for s in window]
         row = pack_row(encoded, spatial_merge_size, tokens_per_second)
         packed = _hidden(model, row, row["position_ids"])
-        loss, n, _ = chunked_cross_entropy(packed[None], row["labels"][None], model.lm_head)
+        with torch.no_grad():
+            loss, n, _ = chunked_cross_entropy(packed[None], row["labels"][None], model.lm_head)
         packed_loss, packed_n = packed_loss + float(loss), packed_n + n
         start = 0
         for e in encoded:
@@ -64,7 +65,8 @@ def check_packing(model, processor, windows: list[list[Sample]], chunk: int = 10
             alone = _hidden(model, e, sample_positions(e, spatial_merge_size, tokens_per_second))
             labels = e["labels"].clone()
             labels[0] = -100  # as packed: the first token is never predicted
-            loss, n, _ = chunked_cross_entropy(alone[None], labels[None], model.lm_head)
+            with torch.no_grad():
+                loss, n, _ = chunked_cross_entropy(alone[None], labels[None], model.lm_head)
             alone_loss, alone_n = alone_loss + float(loss), alone_n + n
             for i in range(0, size, chunk):
                 with torch.no_grad():

@@ -22,7 +22,7 @@ import lightning as L
 from mmlong import tokens as tk
 from mmlong.mixtures.packing import Packed
 from mmlong.samples import write_samples
-from mmlong.schema import TEXT
+from mmlong.schema import FIGURE, TEXT
 from mmlong.store import atomic_write_text, is_dataset, iter_documents
 from mmlong.synthesis.needles import Haystack, NeedleSpec, needle_sample, pool
 from mmlong.train.collate import Collator
@@ -43,7 +43,7 @@ class Stage:
     depths: tuple[float, float] = (0.0, 1.0)
     digits: int | list[int] = 7
     """Digits of the magic numbers, or several (drawn per sample): short values first are the
-    curriculum that lets a tiny model find the copy circuit (validation always uses 7)."""
+    curriculum that lets a tiny model find the copy circuit (validation: `val_digits`)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.lengths or min(self.lengths) < 64:
@@ -62,15 +62,22 @@ class NeedleSettings:
     """What the needles look like (shared by training and validation)."""
 
     variant: str = "single"
+    modality: str = "text"
+    """text: RULER sentences; image: the value shown on a card among the haystack's images and
+    text (the haystack keeps its figures then)."""
     count: int = 4
     strip_digits: bool = True
     """Remove digits from the haystack (a number in it could pass for a needle)."""
     unit: str = "sentence"
 
+    def __post_init__(self) -> None:
+        if self.modality not in ("text", "image"):
+            raise ValueError(f"needle.modality must be text or image, got {self.modality!r}")
 
-def haystack_units(paths: list[str], cache: Path, strip_digits: bool, unit: str) -> Haystack:
-    """Text units of the haystack sources: mmlong datasets as they are, other inputs (PDFs,
-    webpages) ingested first, text only, into `cache`."""
+
+def haystack_units(paths: list[str], cache: Path, strip_digits: bool, unit: str, images: bool = False) -> Haystack:
+    """Text units (and figures, with `images`) of the haystack sources: mmlong datasets as they
+    are, other inputs (PDFs as text, webpages with their figures) ingested first into `cache`."""
     from mmlong.ingest import IngestOptions, ingest
     from mmlong.ingest.pdf import PdfOptions
 
@@ -85,7 +92,7 @@ def haystack_units(paths: list[str], cache: Path, strip_digits: bool, unit: str)
             if report.failed:
                 raise ValueError(f"haystack {p}: {report.failed}")
         docs += list(iter_documents(root, images=False))
-    units = [u for u in pool(docs, unit, strip_digits) if u.kind == TEXT]
+    units = [u for u in pool(docs, unit, strip_digits) if u.kind == TEXT or (images and u.kind == FIGURE)]
     if not units:
         raise ValueError(f"haystack {paths}: no text")
     return Haystack(units)
@@ -110,7 +117,7 @@ def _rows(key: str, stage: Stage, row_length: int, needle: NeedleSettings, first
         rng = random.Random(f"{seed}:{r}")
         row, room = [], row_length
         while fits := [n for n in stage.lengths if n <= room]:
-            spec = NeedleSpec(needle.variant, "text", rng.uniform(*stage.depths), rng.choice(fits), needle.count,
+            spec = NeedleSpec(needle.variant, needle.modality, rng.uniform(*stage.depths), rng.choice(fits), needle.count,
                               rng.choice(stage.digits))
             sample, _ = needle_sample(hay, spec, rng, dataset, tk.DEFAULT_BUDGET, tok)
             sample.sample_id = f"{seed}:{r}:{len(row)}"
@@ -165,7 +172,9 @@ class NeedleData(L.LightningDataModule):
     def __init__(self, haystack: list[str], heldout: list[str], stages: list[Stage], tokens_per_batch: int = 8192,
                  val_lengths: list[int] = (128, 256, 512, 1024), val_per_length: int = 100,
                  needle: NeedleSettings | None = None, seed: int = 0, val_seed: int = 1, num_workers: int = 0,
-                 workers: int = 0, cache: str | None = None, val_batch_size: int = 8) -> None:
+                 workers: int = 0, cache: str | None = None, val_batch_size: int = 8, val_digits: int = 7) -> None:
+        """`val_digits`: digits of the validation needles' magic numbers (training draws its
+        own per stage)."""
         super().__init__()
         if not stages:
             raise ValueError("needle data: give at least one stage")
@@ -176,6 +185,7 @@ class NeedleData(L.LightningDataModule):
         self.val_lengths, self.val_per_length = list(val_lengths), val_per_length
         self.needle, self.seed, self.val_seed = needle or NeedleSettings(), seed, val_seed
         self.num_workers, self.workers, self.cache, self.val_batch_size = num_workers, workers, cache, val_batch_size
+        self.val_digits = val_digits
         self.budget = tk.DEFAULT_BUDGET
         self.processor = None
         self.train_windows = self.val_windows = None
@@ -205,7 +215,8 @@ class NeedleData(L.LightningDataModule):
     def _settings(self) -> dict[str, Any]:
         return {"haystack": self.haystack, "heldout": self.heldout, "stages": [asdict(s) for s in self.stages],
                 "tokens_per_batch": self.tokens, "val_lengths": self.val_lengths, "val_per_length": self.val_per_length,
-                "needle": asdict(self.needle), "seed": self.seed, "val_seed": self.val_seed, "format": 2}
+                "needle": asdict(self.needle), "seed": self.seed, "val_seed": self.val_seed, "val_digits": self.val_digits,
+                "format": 3}
 
     def prepare_data(self) -> None:
         """Generate (once) the training and validation windows into the cache folder."""
@@ -218,11 +229,12 @@ class NeedleData(L.LightningDataModule):
             return
         folder.mkdir(parents=True, exist_ok=True)
         workers = self.workers or len(os.sched_getaffinity(0))
-        train_hay = haystack_units(self.haystack, folder, self.needle.strip_digits, self.needle.unit)
-        val_hay = haystack_units(self.heldout, folder, self.needle.strip_digits, self.needle.unit)
+        images = self.needle.modality == "image"
+        train_hay = haystack_units(self.haystack, folder, self.needle.strip_digits, self.needle.unit, images)
+        val_hay = haystack_units(self.heldout, folder, self.needle.strip_digits, self.needle.unit, images)
         generate(folder / "train", train_hay, self.stages, [st.steps * self.rows_per_batch(st) for st in self.stages],
                  self.needle, f"{self.seed}", workers)
-        val_stages = [Stage(1, [n]) for n in self.val_lengths]  # one sample per row
+        val_stages = [Stage(1, [n], digits=self.val_digits) for n in self.val_lengths]  # one sample per row
         generate(folder / "val", val_hay, val_stages, [self.val_per_length] * len(val_stages), self.needle,
                  f"val:{self.val_seed}", workers, fill_rows=False)
         atomic_write_text(stamp, settings)
