@@ -237,3 +237,22 @@ def test_frozen_vision_and_checkpointing_leave_the_loss_unchanged(page_samples):
     text = dict(frozen.model.model.language_model.named_parameters())
     for name, p in trained.model.model.language_model.named_parameters():
         assert torch.allclose(p.grad, text[name].grad, atol=1e-5), name
+
+
+def test_image_needles_train_through_the_same_path(tmp_path):
+    """needle.modality image: the value is only on a card image; the batches carry its pixels."""
+    from mmlong.train.needle_data import NeedleData, NeedleSettings, Stage
+
+    data = NeedleData([str(HANDBOOK / "sect.apt-get.html")], [str(HANDBOOK / "sect.network-config.html")],
+                      [Stage(2, [256], digits=1)], tokens_per_batch=512, val_lengths=[256], val_per_length=2,
+                      needle=NeedleSettings(modality="image"), cache=str(tmp_path / "needles"), workers=1, val_digits=1)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert batch["pixel_values"].shape[0] > 0 and len(batch["image_grid_thw"]) >= 1
+    sample = data.val_windows[0][0]
+    user = next(m for m in sample.messages if m["role"] == "user")["content"]
+    text = "".join(e.get("text", "") for e in user)
+    assert sample.extra["modality"] == "image" and any(e["type"] == "image" for e in user)
+    assert str(sample.answer) not in text  # the value is visible only in the image
+    with pytest.raises(ValueError, match="modality"):
+        NeedleSettings(modality="audio")
