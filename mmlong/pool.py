@@ -15,14 +15,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from mmlong.errors import TaskError, describe_error
+
 
 class WorkerCrashed(RuntimeError):
     """The worker process running a task died, twice."""
-
-
-class TaskError(Exception):
-    """A task's exception as its message: what a worker sends back (some exceptions, lxml's
-    among them, cannot be pickled, and a worker that cannot send its error looks broken)."""
 
 
 def _call(fn: Callable, args: tuple):
@@ -31,9 +28,7 @@ def _call(fn: Callable, args: tuple):
     try:
         return fn(*args)
     except Exception as e:
-        from mmlong.errors import IngestError
-
-        raise TaskError(str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}") from None
+        raise TaskError(describe_error(e)) from None
 
 
 def _worker_start(initializer, initargs, parent: int) -> None:

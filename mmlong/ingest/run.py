@@ -18,13 +18,13 @@ from typing import Any
 import pyarrow as pa
 
 from mmlong import tokens as tk
-from mmlong.errors import IngestError
+from mmlong.errors import describe_error
 from mmlong.ingest.inputs import check_input, expand_inputs, fetch_page, file_sha256, kind_of
 from mmlong.ingest.options import IngestOptions
 from mmlong.ingest.pdf import pages_table
 from mmlong.ingest.video import Segmenter, frames_table
 from mmlong.ingest.web import html_table
-from mmlong.pool import Pool, TaskError, WorkerCrashed
+from mmlong.pool import Pool, WorkerCrashed
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
@@ -120,12 +120,12 @@ def _subtitles_changed(root: Path, doc_id: str, video: Path, opts: IngestOptions
     or removed since it was ingested), or None."""
     import json
 
-    from mmlong.ingest.video import SUBTITLE_SUFFIXES
+    from mmlong.ingest.video import subtitle_file
     from mmlong.store import read_documents
 
     if not opts.video.subtitles:
         return None
-    sub = next((video.with_suffix(x) for x in SUBTITLE_SUFFIXES if video.with_suffix(x).is_file()), None)
+    sub = subtitle_file(video)
     rows = read_documents(root, ["doc_id", "metadata"]).to_pylist()
     meta = next((json.loads(r["metadata"] or "{}") for r in rows if r["doc_id"] == doc_id), {})
     before, now = meta.get("subtitles_sha256"), file_sha256(sub) if sub else None
@@ -193,10 +193,10 @@ def ingest(
             kind = "html" if source.startswith(("http://", "https://")) else kind_of(path)
             meta = check_input(path, kind, opts)
         except Exception as e:  # whatever one input raises is that input's failure: the run goes on
-            reason = str(e) if isinstance(e, IngestError) else f"{type(e).__name__}: {e}"
-            report.failed[source] = reason
-            writer.fail(source, reason)
-            show.print(f"skipped {source}: {reason}")
+            why = describe_error(e)
+            report.failed[source] = why
+            writer.fail(source, why)
+            show.print(f"skipped {source}: {why}")
             return True
         if meta.get("repaired"):
             show.print(f"warning {source}: damaged PDF repaired by MuPDF; some pages may be incomplete")
@@ -300,8 +300,7 @@ def ingest(
                     unit = "pages" if doc.kind == "pdf" else "frames"
                     fail(doc, f"a worker process crashed on {unit} {start + 1}-{stop} (a decoder crash or out of memory)")
                 elif done.error is not None:
-                    e = done.error
-                    fail(doc, str(e) if isinstance(e, (IngestError, TaskError)) else f"{type(e).__name__}: {e}")
+                    fail(doc, describe_error(done.error))
                 else:
                     collect(doc, c, done.result)
             show.update(report.pages + report.frames, total_pages, len(report.ingested) + len(report.skipped) + len(report.failed),

@@ -130,20 +130,22 @@ def check_video(path: Path, opts: VideoOptions) -> dict[str, Any]:
     video cannot be read. A malformed subtitle file is reported in `subtitle_error`."""
     info = probe(path)
     meta = {**info, **plan(info, opts), "subtitles": None, "subtitle_error": None, "cues": []}
-    if opts.subtitles:
-        for suffix in SUBTITLE_SUFFIXES:
-            sub = path.with_suffix(suffix)
-            if sub.is_file():
-                from mmlong.ingest.inputs import file_sha256
+    sub = subtitle_file(path) if opts.subtitles else None
+    if sub is not None:
+        from mmlong.ingest.inputs import file_sha256
 
-                meta["subtitles"] = str(sub)
-                meta["subtitles_sha256"] = file_sha256(sub)  # a later run tells when they changed
-                try:
-                    meta["cues"] = [c.__dict__ for c in read_subtitles(sub)]
-                except ValueError as e:
-                    meta["subtitle_error"] = str(e)
-                break
+        meta["subtitles"] = str(sub)
+        meta["subtitles_sha256"] = file_sha256(sub)  # a later run tells when they changed
+        try:
+            meta["cues"] = [c.__dict__ for c in read_subtitles(sub)]
+        except ValueError as e:
+            meta["subtitle_error"] = str(e)
     return meta
+
+
+def subtitle_file(video: Path) -> Path | None:
+    """The subtitle file beside a video: its name with .srt or .vtt (the first that exists)."""
+    return next((video.with_suffix(s) for s in SUBTITLE_SUFFIXES if video.with_suffix(s).is_file()), None)
 
 
 def read_subtitles(path: Path) -> list[Cue]:

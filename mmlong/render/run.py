@@ -14,7 +14,8 @@ from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.ingest.inputs import expand_inputs
-from mmlong.pool import Done, Pool, TaskError
+from mmlong.errors import describe_error
+from mmlong.pool import Done, Pool
 from mmlong.presets import load_preset
 from mmlong.render.glyph import RenderConfig, clean_text, render_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
@@ -135,7 +136,7 @@ def render(
         doc_id, sha, source, kind = done.key
         if done.error is not None:
             e = done.error
-            say("failed", source, str(e) if isinstance(e, TaskError) else f"{type(e).__name__}: {e}")
+            say("failed", source, describe_error(e))
             return
         pages, text_tokens, legible = done.result
         sink = writer.open(doc_id, source)
