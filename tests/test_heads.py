@@ -81,7 +81,8 @@ def test_scores_equal_eager_attention_for_text_image_and_video_evidence(models, 
     video = build_sample(vdoc, QA("Which frame is red?", "the first", "Str", [], "extract-single", "t"), str(tmp_path / "vds"),
                          "t", Segment(0, 0))
     frames = [s for s in layout(video).items if s.kind == "video-frame"]
-    cases = [(needles[0], needle_evidence(needles[0])), (page_samples[1], page_evidence(page_samples[1], [1])),
+    paged = next(s for s in page_samples if page_evidence(s, [1]))  # the documents' order follows their hashes
+    cases = [(needles[0], needle_evidence(needles[0])), (paged, page_evidence(paged, [1])),
              (video, frames[1:2])]
     for sample, evidence in cases:
         proc = build_processor(sample.budget)
