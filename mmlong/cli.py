@@ -128,7 +128,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
                            cache_dir=Path(args.out) / "llm-cache", unanswerable_rate=args.unanswerable)
     else:
         writer = TemplateWriter(per_kind=args.per_kind, unanswerable_rate=args.unanswerable, ocr_baselines=args.ocr_baselines)
-    summary = synth(args.dataset, args.out, writer, args.segments, args.seed, args.min_pages, args.max_pages)
+    from mmlong.messages import View
+
+    view = View(args.view, page_markers=not args.no_page_markers)
+    summary = synth(args.dataset, args.out, writer, args.segments, args.seed, args.min_pages, args.max_pages, view)
     print(json.dumps(summary, indent=2))
     print(f"samples: {Path(args.out).resolve() / 'samples.parquet'}")
     return 0 if summary["samples"] else 1
@@ -149,7 +152,9 @@ def cmd_mix(args: argparse.Namespace) -> int:
     report = run_mix(pool, spec, args.out)
     print(json.dumps({"drawn": report.drawn, "tasks": report.tasks_realised, "bins": {b["bin"]: b["realised"] for b in report.bins},
                       "trimmed": report.trimmed, "dropped_too_long": report.dropped_too_long, "shortfall": report.shortfall,
-                      "packing": report.packing}, indent=2))
+                      "capped": report.capped, "packing": report.packing}, indent=2))
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"mixture: {Path(args.out).resolve()} (mix.parquet, packs.parquet, report.json, lengths.png)")
     return 0 if report.drawn else 1
 
@@ -240,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-kind", type=int, default=2, help="template writer: questions per kind and segment")
     p.add_argument("--unanswerable", type=float, default=0.1, help="share of unanswerable questions")
     p.add_argument("--ocr-baselines", action="store_true", help="template writer: also OCR-full / OCR-needle tasks")
+    p.add_argument("--view", choices=["images", "all", "text"], default="images",
+                   help="what samples show: page images only (default; documents without images as text), all items, or text")
+    p.add_argument("--no-page-markers", action="store_true", help='no "Page N" text before each page')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--llm-model", default=None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,48 @@ def _payload(image: bytes | None, fmt: str, image_as: str, ref: str | None):
     raise ValueError(f"image_as must be 'pil', 'data-uri' or 'ref', got {image_as!r}")
 
 
-def shown(doc: Document, pages: set[int] | None = None) -> list[int]:
-    """Sequence numbers of the items `to_messages` shows: all of them, or those on `pages`."""
-    return [seq for seq, item in enumerate(doc.items)
-            if (pages is None or item.page in pages) and (item.is_image or item.text)]
+VIEWS = ("all", "images", "text")
+
+
+@dataclass(frozen=True)
+class View:
+    """What of a document a conversation shows: `items` all of them, only the images (page
+    images, figures, frames: the MMProLong setting, text used only to write questions) or only
+    the text; `page_markers` puts a short text "Page N" (N: 1-based position in the file)
+    before each page's first element, so page answers are visible in the input."""
+
+    items: str = "all"
+    page_markers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.items not in VIEWS:
+            raise ValueError(f"view items must be one of {VIEWS}, got {self.items!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> View:
+        return cls(**d) if d else cls()
+
+
+def page_marker(page: int) -> str:
+    return f"Page {page + 1}"
+
+
+def shown(doc: Document, pages: set[int] | None = None, view: View = View()) -> list[tuple[int | None, int | None]]:
+    """The elements `to_messages` shows, as (item seq, page): the document's items (those on
+    `pages` if given) the view keeps, with (None, page) for a page marker."""
+    out: list[tuple[int | None, int | None]] = []
+    last = None
+    for seq, item in enumerate(doc.items):
+        if pages is not None and item.page not in pages:
+            continue
+        if not (item.is_image or item.text) or (view.items == "images" and not item.is_image) or (
+                view.items == "text" and item.is_image):
+            continue
+        if view.page_markers and item.page is not None and item.page != last:
+            out.append((None, item.page))
+        last = item.page if item.page is not None else last
+        out.append((seq, item.page))
+    return out
 
 
 def to_messages(
@@ -82,15 +121,20 @@ def to_messages(
     budget: tk.PixelBudget = tk.DEFAULT_BUDGET,
     pages: set[int] | None = None,
     image_as: str = "pil",
+    view: View = View(),
 ) -> list[dict[str, Any]]:
-    """Chat messages showing `doc` (its items in order; only `pages` if given, 0-based), then
-    `question`, in one user turn; `answer` becomes the assistant turn. Each shown item is one
-    content element (`shown` lists them), the question the last one; adjacent text items are
-    separated by a newline. Images carry the budget's min/max pixels so qwen-vl-utils resizes
-    them to the size the token counts assume; with image_as="ref" they are
-    `mmlong://doc_id/seq` references to the source dataset (see `resolve_images`)."""
+    """Chat messages showing `doc` (its items in order; only `pages` if given, 0-based; what
+    `view` keeps, with its page markers), then `question`, in one user turn; `answer` becomes
+    the assistant turn. Each shown element is one content element (`shown` lists them), the
+    question the last one; adjacent text elements are separated by a newline, the question by
+    a blank line. Images carry the budget's min/max pixels so qwen-vl-utils resizes them to the
+    size the token counts assume; with image_as="ref" they are `mmlong://doc_id/seq` references
+    to the source dataset (see `resolve_images`)."""
     content: list[dict[str, Any]] = []
-    for seq in shown(doc, pages):
+    for seq, page in shown(doc, pages, view):
+        if seq is None:
+            content.append({"type": "text", "text": page_marker(page)})
+            continue
         item = doc.items[seq]
         if item.is_image:
             ref = item_ref(doc, seq)
@@ -103,7 +147,7 @@ def to_messages(
         content.append({"type": "text", "text": question})
     for this, after in zip(content, content[1:]):
         if this["type"] == after["type"] == "text":
-            this["text"] += "\n"
+            this["text"] += "\n\n" if question and after is content[-1] else "\n"
     messages: list[dict[str, Any]] = []
     if system is not None:
         messages.append({"role": "system", "content": system})

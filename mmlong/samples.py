@@ -18,7 +18,7 @@ import bisect
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from mmlong import tokens as tk
 from mmlong.errors import DatasetError
-from mmlong.messages import element_spans, shown, to_messages
+from mmlong.messages import View, element_spans, page_marker, shown, to_messages
 from mmlong.schema import Document
 from mmlong.store import atomic_write_table
 
@@ -60,8 +60,10 @@ class QA:
 
     @property
     def answer_text(self) -> str:
+        """What the assistant says: lists as JSON (items may hold commas), as MMLongBench-Doc's
+        List answers are written."""
         if isinstance(self.answer, list):
-            return ", ".join(str(a) for a in self.answer)
+            return json.dumps(self.answer, ensure_ascii=False)
         return str(self.answer)
 
 
@@ -174,18 +176,28 @@ def provenance(doc: Document, seq: int) -> dict[str, Any]:
             "segment": meta.get("segment"), "tokens": item.tokens, "needle": bool(meta.get("needle"))}
 
 
+def marker_provenance(doc: Document, page: int) -> dict[str, Any]:
+    """A page marker's record: a text element of `page` that is no item of the document."""
+    return {"kind": "text", "doc_id": doc.doc_id, "seq": None, "page": page, "timestamp": None, "segment": None,
+            "tokens": tk.text_tokens(page_marker(page)), "needle": False, "marker": True}
+
+
 def build_sample(doc: Document, qa: QA, dataset: str, writer: str, segment: Segment, tokenizer=None,
-                 budget: tk.PixelBudget | None = None) -> Sample:
-    """The full document, the question, and the answer as the assistant turn; the budget is
-    the one the document's image token counts were computed under."""
-    return build_with_layout(doc, qa, dataset, writer, segment, tokenizer, budget)[0]
+                 budget: tk.PixelBudget | None = None, view: View = View()) -> Sample:
+    """The full document (what `view` shows of it), the question, and the answer as the
+    assistant turn; the budget is the one the document's image token counts were computed
+    under. The view is recorded in `extra["view"]`."""
+    return build_with_layout(doc, qa, dataset, writer, segment, tokenizer, budget, view)[0]
 
 
 def build_with_layout(doc: Document, qa: QA, dataset: str, writer: str, segment: Segment, tokenizer=None,
-                      budget: tk.PixelBudget | None = None) -> tuple[Sample, Layout]:
+                      budget: tk.PixelBudget | None = None, view: View = View()) -> tuple[Sample, Layout]:
     """`build_sample`, and the layout its counts come from."""
     budget = budget or tk.PixelBudget.from_options(doc.options)
-    messages = to_messages(doc, question=qa.question, answer=qa.answer_text, image_as="ref", budget=budget)
+    elements = shown(doc, view=view)
+    if not elements:
+        raise ValueError(f"document {doc.doc_id} ({doc.source}): nothing to show in a {view.items!r} view")
+    messages = to_messages(doc, question=qa.question, answer=qa.answer_text, image_as="ref", budget=budget, view=view)
     key = json.dumps([dataset, doc.doc_id, qa.question, qa.answer_text], ensure_ascii=False)
     sample = Sample(
         sample_id=hashlib.sha256(key.encode()).hexdigest()[:16],
@@ -202,13 +214,15 @@ def build_with_layout(doc: Document, qa: QA, dataset: str, writer: str, segment:
         segment=[segment.start + 1, segment.stop],
         anchor=qa.anchor,
         messages=messages,
-        items=[provenance(doc, seq) for seq in shown(doc)],
+        items=[provenance(doc, seq) if seq is not None else marker_provenance(doc, page) for seq, page in elements],
         budget=budget,
         total_tokens=0,
         answer_start=0,
         answer_end=0,
     )
     lay = layout(sample, tokenizer)
+    if view != View():
+        sample.extra["view"] = asdict(view)
     sample.total_tokens = lay.length
     sample.answer_start, sample.answer_end = lay.answer.start, lay.answer.end
     return sample, lay
@@ -231,6 +245,8 @@ class Span:
     segment: int | None = None
     """Video scene segment."""
     needle: bool = False
+    marker: bool = False
+    """A page marker ("Page N"), not content of the page."""
 
 
 @dataclass
@@ -286,7 +302,7 @@ def layout(sample: Sample, tokenizer=None) -> Layout:
     for k, prov in enumerate(sample.items):
         a, b = token_range(spans[(user, k)])
         items.append(Span(a, b, prov["kind"], prov.get("doc_id"), prov.get("seq"), prov.get("page"), prov.get("timestamp"),
-                          prov.get("segment"), bool(prov.get("needle"))))
+                          prov.get("segment"), bool(prov.get("needle")), bool(prov.get("marker"))))
     question = None
     if len(sample.items) == len(content) - 1:
         question = Span(*token_range(spans[(user, len(content) - 1)]), "question")

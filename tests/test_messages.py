@@ -49,7 +49,7 @@ def test_message_layout(doc):
     content = messages[1]["content"]
     texts = [it.text for it in doc.items if it.kind == TEXT and it.page == 1]
     assert [c["type"] for c in content] == ["image"] + ["text"] * (len(texts) + 1)  # one element per item, then the question
-    assert "".join(c["text"] for c in content[1:]) == "\n".join(texts + ["Q?"])
+    assert "".join(c["text"] for c in content[1:]) == "\n".join(texts) + "\n\nQ?"  # the question after a blank line
     assert content[0]["min_pixels"] == tk.IMAGE_MIN_PIXELS and content[0]["image"].size == (doc.items[2].width, doc.items[2].height)
 
 

@@ -13,6 +13,7 @@ from mmlong.cli import main
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.pdf import PdfOptions
 from mmlong.mixtures.mix import MixtureSpec, mix, run_mix
+from mmlong.messages import View
 from mmlong.mixtures.packing import pack
 from mmlong.samples import read_samples
 from mmlong.synthesis.run import synth
@@ -41,12 +42,13 @@ def pool(tmp_path_factory):
         write_doc(d / f"doc{n:03d}.pdf", n)
     opts = IngestOptions(pdf=PdfOptions(dpi=36))  # ~150 vision tokens a page keeps the pool small and quick
     ingest([str(d / f"doc{n:03d}.pdf") for n in PAGES], d / "ds", options=opts, workers=1, progress=False)
-    synth(d / "ds", d / "synth", TemplateWriter(per_kind=4, unanswerable_rate=0.1), segments=4, seed=0, min_pages=4, max_pages=6)
+    synth(d / "ds", d / "synth", TemplateWriter(per_kind=4, unanswerable_rate=0.1), segments=4, seed=0, min_pages=4, max_pages=6,
+          view=View("all"))  # text layer shown too: the lengths this pool is designed around
     return d
 
 
 def spec(**changes) -> MixtureSpec:
-    return MixtureSpec(**{"max_length": 24576, "samples": 60, "bins": BINS, "seed": 1, **changes})
+    return MixtureSpec(**{"max_length": 24576, "samples": 60, "bins": BINS, "seed": 1, "per_document": 0, **changes})
 
 
 def test_pool_covers_every_bin(pool):
@@ -93,6 +95,33 @@ def test_target_focused_and_shortfall(pool):
         MixtureSpec(mode="long")
     with pytest.raises(ValueError, match="bins"):
         MixtureSpec(bins=[8192, 4096])
+
+
+def test_documents_are_capped_and_deviations_reported(pool):
+    """No document takes more than twice an even share; what the pool cannot give is said."""
+    from collections import Counter
+
+    samples = read_samples(pool / "synth" / "samples.parquet")
+    focused = dict(mode="target-focused", samples=31)  # half of it from the longest bin: one document
+    free, report = mix(samples, spec(**focused))
+    assert report.per_document_cap is None and max(Counter(s.doc_id for s in free).values()) > 7
+    chosen, capped = mix(samples, spec(**focused, per_document=1.0))  # an even share: 31 / 5 documents
+    assert max(Counter(s.doc_id for s in chosen).values()) <= 7 == capped.per_document_cap and capped.capped > 0
+    assert any(w.startswith("length bin") for w in capped.warnings)
+    _, skewed = mix(samples, spec(samples=60, tasks={"extract-single": 10, "reasoning": 90}))
+    assert any(w.startswith("task reasoning") for w in skewed.warnings)
+
+
+def test_bins_past_the_window_are_clipped(pool, tmp_path):
+    """A 128K recipe mixed for a 32K window: its bins end at the window."""
+    from mmlong.presets import load_preset
+
+    recipe = MixtureSpec.from_dict({**load_preset("train", "mmprolong-128k"), "max_length": 32768})
+    assert recipe.bins == [8192, 16384, 32768]
+    weighted = MixtureSpec(max_length=20000, bins=[8192, 16384, 32768, 65536], bin_weights=[1, 2, 3, 4])
+    assert weighted.bins == [8192, 16384, 20000] and weighted.bin_weights == [1, 2, 3]
+    assert main(["mix", str(pool / "synth"), "--recipe", "mmprolong-128k", "--max-length", "24576", "--samples", "20",
+                 "--out", str(tmp_path / "m")]) == 0
 
 
 def test_packing_efficiency_on_a_realistic_length_distribution():

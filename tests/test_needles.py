@@ -41,7 +41,20 @@ def test_text_needle_is_exact(report_dataset, depth, hf_processor, qwen_vl_utils
     # depth: within one item of the request (items are never cut)
     largest = max(it.tokens for it in items)
     assert abs(offset / sample.total_tokens - depth) <= (largest + 120) / sample.total_tokens
+    hay_tokens = sum(it.tokens for it in items)
+    assert sample.extra["requested_depth"] == depth and abs(sample.extra["depth"] - depth) <= largest / hay_tokens
+    before = sum(it.tokens for it in doc.items[: next(i for i, it in enumerate(doc.items) if (it.meta or {}).get("generated"))])
+    assert abs(sample.extra["depth"] - before / hay_tokens) < 0.01  # the depth reached, in haystack tokens
     assert str(sample.answer) in needle
+
+
+def test_multi_value_answers_follow_the_context_order(report_dataset):
+    """Needles that land on one item boundary (a short haystack) keep the answer's order."""
+    items = haystack(docs(report_dataset), 6000)[:2]
+    for seed in range(10):
+        out, qa = insert_needles(items, NeedleSpec("multi-value", "text", 0.9, 8192, count=4), random.Random(seed))
+        shown = [int(it.text.rsplit(" ", 1)[1].rstrip(".")) for it in out if (it.meta or {}).get("generated")]
+        assert qa.answer == shown
 
 
 def test_text_variants(report_dataset):

@@ -120,3 +120,67 @@ def test_synth_writes_samples(report_dataset, tmp_path):
     assert s.messages[-1] == {"role": "assistant", "content": [{"type": "text", "text": QA(
         "", __import__("json").loads(s.answer), s.answer_format, [], "reasoning", "x").answer_text}]}
     assert sum(1 for c in s.messages[0]["content"] if c["type"] == "image") == 12
+
+
+PAGE_KINDS = ("section-start", "caption-page", "sentence-page", "sentence-pages")
+
+
+def test_synth_samples_show_page_images_and_the_page_numbers_they_answer(report_dataset, tmp_path, hf_processor,
+                                                                       qwen_vl_utils):
+    """The MMProLong setting: pages as images only, a "Page N" marker before each; every page
+    answer is the marker of its evidence page, and no other answer is written in the text the
+    model sees (markers and question)."""
+    import json
+
+    synth(report_dataset, tmp_path / "s", writer=TemplateWriter(per_kind=5, ocr_baselines=True), segments=2, seed=1)
+    samples = read_samples(tmp_path / "s")
+    assert {s.kind for s in samples} >= set(PAGE_KINDS) | {"caption-text", "sentence-complete", "ocr-full"}
+    for s in samples:
+        assert s.extra["view"] == {"items": "images", "page_markers": True}
+        content = s.user_content()
+        markers = {}
+        for k, (element, prov) in enumerate(zip(content, s.items)):
+            if element["type"] == "text":
+                assert prov["marker"] and element["text"] == f"Page {prov['page'] + 1}"
+                assert s.items[k + 1]["kind"] == "page-image" and s.items[k + 1]["page"] == prov["page"]
+                markers[prov["page"] + 1] = element["text"]
+        assert sorted(markers) == list(range(1, 13))
+        answer = json.loads(s.answer)
+        if s.kind in PAGE_KINDS:
+            assert all(f"Page {p}" == markers[p] for p in (answer if isinstance(answer, list) else [answer]))
+        elif s.kind in ("caption-text", "sentence-complete", "ocr-full", "ocr-needle"):
+            seen = "\n".join(e["text"] for e in content if e["type"] == "text")
+            assert answer not in seen and " ".join(answer.split()[:6]) not in seen
+    s = next(s for s in samples if s.kind == "sentence-pages")
+    assert json.loads(s.messages[-1]["content"][0]["text"]) == json.loads(s.answer)  # list answers round-trip
+    messages = resolve_images(s.messages, report_dataset)  # markers and images: counts still exact
+    proc = hf_processor(3136, 1003520)
+    images, _ = qwen_vl_utils.process_vision_info(messages)
+    ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
+    assert len(ids) == s.total_tokens
+
+
+def test_synth_reports_documents_it_cannot_show_as_images_or_write_for(tmp_path):
+    """A text-only dataset is shown as text (markers kept); a scanned page (an image, no text
+    layer) yields no sample, and the summary says why."""
+    import pymupdf
+
+    from mmlong.ingest import ingest
+    from tests.conftest import png_bytes, write_pdf
+
+    (tmp_path / "in").mkdir()
+    write_pdf(tmp_path / "in" / "text.pdf", [" ".join(sentence(p, k) for k in range(3)) for p in range(1, 4)])
+    scan = pymupdf.open()
+    scan.new_page().insert_image(pymupdf.Rect(20, 20, 500, 700), stream=png_bytes(300, 400, label="scanned text"))
+    scan.save(tmp_path / "in" / "scan.pdf")
+    ingest([str(tmp_path / "in" / "text.pdf")], tmp_path / "text", preset="pdf-text", workers=1, progress=False)
+    ingest([str(tmp_path / "in" / "scan.pdf")], tmp_path / "scan", workers=1, progress=False)
+    summary = synth(tmp_path / "text", tmp_path / "s1")
+    assert summary["samples"] and summary["shown_as_text"] == [str((tmp_path / "in" / "text.pdf").resolve())]
+    s = read_samples(tmp_path / "s1")[0]
+    assert s.extra["view"] == {"items": "all", "page_markers": True}
+    assert s.user_content()[0]["text"] == "Page 1\n" and s.items[1]["page"] == 0 and not s.items[1].get("marker")
+    summary = synth(tmp_path / "scan", tmp_path / "s2")
+    assert summary["samples"] == 0
+    (reason,) = summary["without_samples"].values()
+    assert "scanned" in reason

@@ -194,8 +194,9 @@ def needle_evidence(sample: Sample) -> list[Span]:
 
 
 def page_evidence(sample: Sample, pages: list[int]) -> list[Span]:
-    """Evidence of a document question: the image spans (else all spans) of its 0-based pages."""
-    spans = [s for s in layout(sample).items if s.page in pages]
+    """Evidence of a document question: the image spans (else all spans) of its 0-based pages,
+    page markers left out."""
+    spans = [s for s in layout(sample).items if s.page in pages and not s.marker]
     images = [s for s in spans if s.kind != "text"]
     return images or spans
 

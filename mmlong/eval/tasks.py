@@ -245,7 +245,7 @@ def needle_items(settings: Needles, common: Common, root: Path) -> tuple[list[Qu
                     sample.sample_id = f"n{length}-{depth}-{variant}-{k}"
                     gold = json.loads(sample.answer)
                     items.append(Question(sample, gold, "needle", {"length": length, "depth": depth, "variant": variant,
-                                                               "actual_depth": sample.extra["needle_depths"][0]}))
+                                                               "actual_depth": sample.extra["depth"]}))
     protocol = {"dataset": str(dataset), "modality": settings.modality, "lengths": settings.lengths,
                 "depths": settings.depths, "variants": settings.variants, "per_cell": settings.per_cell,
                 "seed": settings.seed, "pixels": asdict(budget), "strip_digits": settings.strip_digits}

@@ -15,6 +15,7 @@ from mmlong import tokens as tk
 from mmlong.errors import IngestError
 from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels, pixmap_array
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
+from mmlong.text import clean_text
 
 MODES = ("pages", "text", "interleaved")
 
@@ -85,7 +86,7 @@ def check_pdf(path: Path) -> dict[str, Any]:
         first = doc[0].rect
         return {
             "page_count": doc.page_count,
-            "toc": [[lvl, title, page] for lvl, title, page in doc.get_toc(simple=True)],
+            "toc": [[lvl, " ".join(clean_text(title).split()), page] for lvl, title, page in doc.get_toc(simple=True)],
             "page_labels": labels,
             "pdf_metadata": {k: v for k, v in (doc.metadata or {}).items() if v},
             "first_page_size": [round(first.width, 2), round(first.height, 2)],
@@ -171,7 +172,7 @@ def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, token
     boxes: list[tuple[float, float, float, float]] = []
     content: list[tuple[str, Any]] = []
     for x0, y0, x1, y1, text, _, block_type in page.get_text("blocks"):
-        text = text.strip()
+        text = clean_text(text).strip()
         if block_type == 0 and text:
             boxes.append((x0, y0, x1, y1))
             content.append((TEXT, text))

@@ -11,6 +11,7 @@ image is ever cut); one still too long is dropped and counted in the report.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from mmlong.presets import build
 from mmlong.schema import Document
 from mmlong.store import atomic_write_text, iter_documents
 from mmlong.mixtures.packing import pack
+from mmlong.messages import View, shown
 from mmlong.samples import QA, Sample, Segment, build_sample, write_samples
 
 MODES = ("balanced", "target-focused")
@@ -44,14 +46,25 @@ class MixtureSpec:
     trim: bool = True
     pack: bool = True
     seed: int = 0
+    per_document: float = 2.0
+    """Cap on the samples of one document, as a multiple of an even share (samples / documents
+    in the pool, rounded up): a long document with many questions would otherwise fill whole
+    bins. 0: no cap."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.bins != sorted(self.bins) or self.bins[-1] > self.max_length:
-            raise ValueError(f"bins must increase and end at most at max_length {self.max_length}: {self.bins}")
+        if self.bins != sorted(self.bins) or not self.bins:
+            raise ValueError(f"bins must increase: {self.bins}")
         if self.bin_weights is not None and len(self.bin_weights) != len(self.bins):
             raise ValueError(f"bin_weights needs {len(self.bins)} values, got {self.bin_weights}")
+        if self.bins[-1] > self.max_length:  # a shorter window than the recipe's: its bins end there
+            keep = [b for b in self.bins if b < self.max_length]
+            if self.bin_weights is not None:
+                self.bin_weights = self.bin_weights[: len(keep) + 1]
+            self.bins = keep + [self.max_length]
+        if self.per_document < 0:
+            raise ValueError(f"per_document must be >= 0, got {self.per_document}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ValueError(f"task proportions must be non-negative and not all zero: {self.tasks}")
 
@@ -106,17 +119,18 @@ def trim_to_fit(doc: Document, sample: Sample, max_length: int, tokenizer=None) 
     qa = QA(sample.question, json.loads(sample.answer), sample.answer_format, sample.evidence_pages, sample.task,
             sample.kind, sample.anchor)
     segment = Segment(sample.segment[0] - 1, sample.segment[1])
+    view = View.from_dict(sample.extra.get("view"))
     per_page = [0] * doc.num_pages
-    for it in doc.items:
-        if it.page is not None:
-            per_page[it.page] += it.tokens
+    for seq, page in shown(doc, view=view):
+        if seq is not None and page is not None:
+            per_page[page] += doc.items[seq].tokens
     overhead = sample.total_tokens - sum(per_page)  # template, question, answer
     pages = keep_last
     while pages < doc.num_pages and overhead + sum(per_page[: pages + 1]) <= max_length:
         pages += 1
     while pages >= keep_last:
         cut = replace(doc, items=[it for it in doc.items if it.page is None or it.page < pages], num_pages=pages)
-        trimmed = build_sample(cut, qa, sample.dataset, sample.writer, segment, tokenizer)
+        trimmed = build_sample(cut, qa, sample.dataset, sample.writer, segment, tokenizer, view=view)
         if trimmed.total_tokens <= max_length:
             return trimmed
         pages -= 1
@@ -133,6 +147,11 @@ class MixReport:
     trimmed: int
     dropped_too_long: int
     shortfall: dict[str, int]
+    capped: int = 0
+    """Samples left out by the per-document cap."""
+    per_document_cap: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Where the mixture differs from its spec (task shares, bin shares, size)."""
     packing: dict[str, Any] | None = None
 
 
@@ -163,24 +182,39 @@ def mix(samples: list[Sample], spec: MixtureSpec, tokenizer=None) -> tuple[list[
     shortfall: dict[str, int] = {}
     spare: dict[tuple[int, str], list[Sample]] = {}
     missing: Counter[str] = Counter()
+    per_doc: Counter[tuple[str, str]] = Counter()
+    documents = len({(s.dataset, s.doc_id) for s in samples})
+    cap = math.ceil(spec.per_document * spec.samples / max(documents, 1)) if spec.per_document else len(samples) + 1
+    capped: set[str] = set()
+
+    def take(s: Sample) -> bool:
+        if per_doc[(s.dataset, s.doc_id)] >= cap:
+            capped.add(s.sample_id)
+            return False
+        per_doc[(s.dataset, s.doc_id)] += 1
+        chosen.append(s)
+        return True
+
     for b, row in enumerate(_matrix_quotas(spec.samples, spec.weights(), list(tasks.values()))):
         for task, quota in zip(tasks, row):
             cell = sorted(pool.get((b, task), []), key=lambda s: s.sample_id)
             rng.shuffle(cell)
-            chosen += cell[:quota]
-            spare[(b, task)] = cell[quota:]
-            missing[task] += max(0, quota - len(cell))
+            got = 0
+            while cell and got < quota:
+                got += take(cell.pop())
+            spare[(b, task)] = cell
+            missing[task] += quota - got
     # a short cell is made up from other bins of the same task: task shares stay exact
     per_bin = Counter(spec.bin_of(s.total_tokens) for s in chosen)
     for task, n in missing.items():
         for _ in range(n):
-            options = [b for b in range(len(spec.bins)) if spare[(b, task)]]
-            if not options:
+            while options := [b for b in range(len(spec.bins)) if spare[(b, task)]]:
+                b = min(options, key=lambda b: per_bin[b] / max(spec.weights()[b], 1e-9))  # the bin furthest below its share
+                if take(spare[(b, task)].pop()):
+                    per_bin[b] += 1
+                    break
+            else:
                 shortfall[task] = shortfall.get(task, 0) + 1
-                continue
-            b = min(options, key=lambda b: per_bin[b] / max(spec.weights()[b], 1e-9))  # the bin furthest below its share
-            chosen.append(spare[(b, task)].pop())
-            per_bin[b] += 1
     rng.shuffle(chosen)
     counts = Counter(s.task for s in chosen)
     per_bin = Counter(spec.bin_of(s.total_tokens) for s in chosen)
@@ -195,8 +229,26 @@ def mix(samples: list[Sample], spec: MixtureSpec, tokenizer=None) -> tuple[list[
         trimmed=trimmed,
         dropped_too_long=dropped,
         shortfall=shortfall,
+        capped=len(capped),
+        per_document_cap=cap if spec.per_document else None,
     )
+    report.warnings = _deviations(report, spec)
     return chosen, report
+
+
+def _deviations(report: MixReport, spec: MixtureSpec, tolerance: float = 0.02) -> list[str]:
+    out = []
+    if report.drawn < spec.samples:
+        out.append(f"{report.drawn} samples drawn of {spec.samples} asked: the pool is too small (the cap of "
+                   f"{report.per_document_cap} samples per document left out {report.capped})")
+    for task, want in report.tasks_spec.items():
+        got = report.tasks_realised.get(task, 0.0)
+        if abs(got - want) > tolerance:
+            out.append(f"task {task}: {got:.0%} of the mixture, {want:.0%} asked ({report.shortfall.get(task, 0)} missing)")
+    for b in report.bins:
+        if abs(b["realised"] - b["spec"]) > tolerance:
+            out.append(f"length bin {b['bin']}: {b['realised']:.0%} of the mixture, {b['spec']:.0%} asked")
+    return out
 
 
 def plot_lengths(samples: list[Sample], spec: MixtureSpec, path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.imaging import encode_pixels, pixmap_array
+from mmlong.text import clean_text
 
 FONT_DIR = Path(__file__).with_name("fonts")
 FONTS = {
@@ -219,15 +220,6 @@ def _clip(page, cfg: RenderConfig, last: bool):
     x1 = max(b[2] for b in boxes) + cfg.margins / cfg.hscale if cfg.crop_width else rect.x1
     y1 = max(b[3] for b in boxes) + cfg.margins if last and cfg.crop_last_page else rect.y1
     return type(rect)(0, 0, min(rect.x1, x1), min(rect.y1, y1))
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_text(text: str) -> str:
-    """`text` without control characters (a NUL ends MuPDF's layout: everything after it
-    would be lost while the counts still held it); tabs, newlines and carriage returns stay."""
-    return _CONTROL.sub(" ", text)
 
 
 def render_text(text: str, cfg: RenderConfig, budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> list[RenderedPage]:

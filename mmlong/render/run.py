@@ -17,7 +17,8 @@ from mmlong.ingest.inputs import expand_inputs
 from mmlong.errors import describe_error
 from mmlong.pool import Done, Pool
 from mmlong.presets import load_preset
-from mmlong.render.glyph import RenderConfig, clean_text, render_text
+from mmlong.render.glyph import RenderConfig, render_text
+from mmlong.text import clean_text
 from mmlong.schema import RENDERED_TEXT, TEXT, Document, Item
 from mmlong.store import DatasetWriter, is_dataset, iter_documents
 

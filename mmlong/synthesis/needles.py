@@ -54,14 +54,17 @@ class NeedleSpec:
     """Needles (keys, values or hidden items) for the multi, count and sum variants."""
     digits: int = 7
     """Digits of a magic number (RULER: 7; fewer make a curriculum for small models)."""
+    distinct: bool = False
+    """Magic numbers without a repeated digit (a copy then never has two places to continue
+    from: a curriculum step for small models; at most 10 digits)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS or self.modality not in MODALITIES:
             raise ValueError(f"variant must be one of {VARIANTS} and modality one of {MODALITIES}")
         if not 0 <= self.depth <= 1 or self.count < 1 or self.target_tokens < 64:
             raise ValueError(f"need depth in [0, 1], count >= 1 and target_tokens >= 64: {self}")
-        if not 1 <= self.digits <= 12:
-            raise ValueError(f"need 1 <= digits <= 12, got {self.digits}")
+        if not 1 <= self.digits <= (10 if self.distinct else 12):
+            raise ValueError(f"need 1 <= digits <= {10 if self.distinct else 12}, got {self.digits}")
         if self.modality != "text" and self.variant not in ("single", "count"):
             raise ValueError(f"{self.modality} needles support the single and count variants, not {self.variant}")
 
@@ -204,6 +207,13 @@ def _key(rng: random.Random, used: set[str]) -> str:
     return key
 
 
+def _value(rng: random.Random, digits: int, distinct: bool) -> str:
+    if not distinct:
+        return str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+    first = rng.choice("123456789")
+    return first + "".join(rng.sample([d for d in "0123456789" if d != first], digits - 1))
+
+
 def _card(text: str, size: tuple[int, int], star: bool = False) -> bytes:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -251,7 +261,7 @@ def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
     depths = [spec.depth] + [spec.depth + (1 - spec.depth) * (i + 1) / n for i in range(n - 1)]
     used: set[str] = set()
     keys = [_key(rng, used) for _ in range(n)]
-    values = [str(rng.randint(10 ** (spec.digits - 1), 10**spec.digits - 1)) for _ in range(n)]
+    values = [_value(rng, spec.digits, spec.distinct) for _ in range(n)]
     if spec.variant in ("multi-value", "count"):
         keys = [keys[0]] * n
     question, answer, fmt = _question(spec, keys, values)
@@ -269,7 +279,8 @@ def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
             needles.append(_image_needle(VIDEO_FRAME, values[i], (frames[0].width, frames[0].height), budget,
                                          spec.variant == "count"))
     out = list(items)
-    for pos, needle in sorted(zip(_positions(items, depths), needles), key=lambda x: -x[0]):
+    placed = sorted(zip(_positions(items, depths), range(n), needles), key=lambda x: (-x[0], -x[1]))
+    for pos, _, needle in placed:  # from the end, so that needles at one boundary stay in order
         if needle.kind == VIDEO_FRAME:  # between its neighbours in time
             before = next((it.timestamp for it in reversed(out[:pos]) if it.timestamp is not None), 0.0)
             after = next((it.timestamp for it in out[pos:] if it.timestamp is not None), before)
@@ -307,10 +318,23 @@ def build_needle_sample(items: list[Item], spec: NeedleSpec, rng: random.Random,
     doc = Document(f"needle-{rng.getrandbits(48):012x}", dataset, "needle", "", items=hay)
     sample, lay = build_with_layout(doc, qa, dataset, "needles", Segment(0, 0), tokenizer, budget)
     offsets = [s.start for s in lay.needles()]
-    sample.extra = {"variant": spec.variant, "modality": spec.modality, "depth": spec.depth,
+    sample.extra = {"variant": spec.variant, "modality": spec.modality, "depth": depth_reached(lay, spec.depth),
+                    "requested_depth": spec.depth,
                     "target_tokens": spec.target_tokens, "haystack_tokens": sum(it.tokens for it in items),
                     "needle_offsets": offsets, "needle_depths": [round(o / sample.total_tokens, 4) for o in offsets]}
     return sample, doc
+
+
+def depth_reached(lay, requested: float) -> float:
+    """Where the first needle actually sits: the share of the haystack's tokens before it
+    (whole items move a needle off the requested depth; the requested one if no haystack)."""
+    needles = lay.needles()
+    hay = [s for s in lay.items if not s.needle]
+    total = sum(s.end - s.start for s in hay)
+    if not needles or not total:
+        return requested
+    first = min(s.start for s in needles)
+    return round(sum(s.end - s.start for s in hay if s.end <= first) / total, 4)
 
 
 def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[float], variants: list[str],

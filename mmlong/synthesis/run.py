@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import asdict
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
 from mmlong import tokens as tk
+from mmlong.messages import View
 from mmlong.samples import QA, Sample, Segment, build_sample, write_samples
-from mmlong.schema import Document
+from mmlong.schema import TEXT, Document
 from mmlong.errors import DatasetError
 from mmlong.store import atomic_write_text, is_dataset, iter_documents, read_manifest
 from mmlong.synthesis.segments import sample_segment
@@ -31,6 +33,13 @@ def _rng(seed: int, doc_id: str) -> random.Random:
     return random.Random(int(hashlib.sha256(f"{seed}:{doc_id}".encode()).hexdigest()[:16], 16))
 
 
+def _why_none(doc: Document) -> str:
+    text = sum(len(it.text or "") for it in doc.items if it.kind == TEXT)
+    if text == 0:
+        return "no text to write questions from (a scanned document: ingest it with OCR)"
+    return f"no question could be written from its {text} characters of text (no outline, captions or unique sentences)"
+
+
 def synth(
     dataset: str | Path,
     out: str | Path,
@@ -39,9 +48,16 @@ def synth(
     seed: int = 0,
     min_pages: int = 8,
     max_pages: int = 15,
+    view: View = View("images", page_markers=True),
 ) -> dict[str, Any]:
     """Write QA samples for every document of `dataset` into out/samples.parquet (and a summary
-    in out/synth.json). Deterministic for a seed: each document draws from its own stream."""
+    in out/synth.json). Deterministic for a seed: each document draws from its own stream.
+
+    Samples show what `view` keeps: by default the page images only (the MMProLong setting:
+    the text layer writes the questions, the model reads the pages) with a "Page N" marker
+    before each page, so every page answer (a 1-based file position) is in the input. A
+    document without images is shown as text (with the same markers); the summary lists those
+    and every document that yields no sample, with the reason."""
     writer = writer or TemplateWriter()
     read_manifest(Path(dataset))  # a dataset, or a DatasetError that says it is not
     if is_dataset(Path(out)) or Path(out).resolve() == Path(dataset).resolve():
@@ -50,15 +66,24 @@ def synth(
     tok = tk.load_tokenizer()
     samples: list[Sample] = []
     seen: set[str] = set()
+    as_text: list[str] = []
+    without: dict[str, str] = {}
     for doc in iter_documents(Path(dataset), images=getattr(writer, "needs_images", False)):
         rng = _rng(seed, doc.doc_id)
+        doc_view = view
+        if view.items == "images" and not any(it.is_image for it in doc.items):
+            doc_view = View("all", view.page_markers)
+            as_text.append(doc.source)
+        before = len(samples)
         for _ in range(segments):
             segment = sample_segment(doc, rng, min_pages, max_pages)
             for qa in writer.write(doc, segment, rng):
-                sample = build_sample(doc, qa, dataset, writer.name, segment, tok)
+                sample = build_sample(doc, qa, dataset, writer.name, segment, tok, view=doc_view)
                 if sample.sample_id not in seen:
                     seen.add(sample.sample_id)
                     samples.append(sample)
+        if len(samples) == before:
+            without[doc.source] = _why_none(doc)
     out = Path(out)
     write_samples(samples, out / "samples.parquet")
     summary = {
@@ -71,6 +96,9 @@ def synth(
         "kinds": dict(sorted(Counter(s.kind for s in samples).items())),
         "tokens": {"min": min((s.total_tokens for s in samples), default=0),
                    "max": max((s.total_tokens for s in samples), default=0)},
+        "view": asdict(view),
+        "shown_as_text": as_text,
+        "without_samples": without,
     }
     atomic_write_text(out / "synth.json", json.dumps(summary, indent=2))
     return summary

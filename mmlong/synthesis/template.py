@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from mmlong.samples import NOT_ANSWERABLE, QA, Segment
 from mmlong.schema import Document
 from mmlong.synthesis.segments import page_texts
+from mmlong.text import join_lines
 
 _CAPTION = re.compile(r"^\s*((?:Figure|Fig\.|Table)\s+(\d+))\s*[:.]\s*(.+)", re.S)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -22,7 +23,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 
 def _sentences(text: str) -> list[str]:
     out = []
-    for s in _SENTENCE_END.split(" ".join(text.split())):
+    for s in _SENTENCE_END.split(join_lines(text)):
         words = s.split()
         if 8 <= len(words) <= 40 and s[-1] in ".!?" and sum(c.isalpha() for c in s) > 0.7 * len(s.replace(" ", "")):
             out.append(s)
@@ -45,13 +46,13 @@ class _Facts:
 
 def _facts(doc: Document) -> _Facts:
     texts = page_texts(doc)
-    toc = [(lvl, title.strip(), page - 1) for lvl, title, page in doc.metadata.get("toc", []) if 1 <= page <= doc.num_pages]
+    toc = [(lvl, join_lines(title), page - 1) for lvl, title, page in doc.metadata.get("toc", []) if 1 <= page <= doc.num_pages]
     captions = []
     for page, blocks in texts.items():
         for block in blocks:
             if m := _CAPTION.match(block):
-                captions.append((page, m[1].replace("Fig.", "Figure"), " ".join(block.split())))
-    whole = "\n".join(" ".join(b.split()) for page in sorted(texts) for b in texts[page])
+                captions.append((page, m[1].replace("Fig.", "Figure"), join_lines(block)))
+    whole = "\n".join(join_lines(b) for page in sorted(texts) for b in texts[page])
     sentences = [(p, s) for p in sorted(texts) for b in texts[p] for s in _sentences(b) if whole.count(s) == 1]
     return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences, texts)
 

@@ -44,6 +44,8 @@ class Stage:
     digits: int | list[int] = 7
     """Digits of the magic numbers, or several (drawn per sample): short values first are the
     curriculum that lets a tiny model find the copy circuit (validation: `val_digits`)."""
+    distinct: bool = False
+    """Magic numbers without repeated digits (see NeedleSpec.distinct)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.lengths or min(self.lengths) < 64:
@@ -118,7 +120,7 @@ def _rows(key: str, stage: Stage, row_length: int, needle: NeedleSettings, first
         row, room = [], row_length
         while fits := [n for n in stage.lengths if n <= room]:
             spec = NeedleSpec(needle.variant, needle.modality, rng.uniform(*stage.depths), rng.choice(fits), needle.count,
-                              rng.choice(stage.digits))
+                              rng.choice(stage.digits), stage.distinct)
             sample, _ = needle_sample(hay, spec, rng, dataset, tk.DEFAULT_BUDGET, tok)
             sample.sample_id = f"{seed}:{r}:{len(row)}"
             row.append(sample)
