@@ -44,6 +44,10 @@ def check_answer(qa: QA, report_doc) -> None:
         page = qa.evidence_pages[0]
         head = qa.question.split('"')[1].removesuffix(" ...")
         assert f"{head} {qa.answer}" in [sentence(page, k) for k in range(3)]
+    elif qa.kind == "line-page":
+        on = {p + 1: " ".join(" ".join(it.text.split()) for it in report_doc.items if it.text and it.page == p)
+              for p in range(12)}
+        assert [p for p, t in on.items() if qa.anchor in t] == [qa.answer] == qa.evidence_pages
     elif qa.kind == "page-label":
         assert qa.answer == labels[qa.evidence_pages[0] - 1]
     elif qa.kind == "unanswerable":
@@ -76,7 +80,8 @@ def test_template_answers_are_verified_against_the_source(report_doc):
             tasks.add(qa.task)
     assert tasks == {"extract-single", "extract-multi", "reasoning"}
     assert kinds >= {"section-start", "sections-between", "section-distance", "caption-page", "caption-text",
-                     "caption-count", "sentence-page", "sentence-pages", "sentence-complete", "page-label", "unanswerable"}
+                     "caption-count", "sentence-page", "sentence-pages", "sentence-complete", "line-page", "page-label",
+                     "unanswerable"}
 
 
 def test_unanswerable_rate(report_doc):
@@ -122,7 +127,7 @@ def test_synth_writes_samples(report_dataset, tmp_path):
     assert sum(1 for c in s.messages[0]["content"] if c["type"] == "image") == 12
 
 
-PAGE_KINDS = ("section-start", "caption-page", "sentence-page", "sentence-pages")
+PAGE_KINDS = ("section-start", "caption-page", "sentence-page", "sentence-pages", "line-page")
 
 
 def test_synth_samples_show_page_images_and_the_page_numbers_they_answer(report_dataset, tmp_path, hf_processor,
@@ -160,19 +165,46 @@ def test_synth_samples_show_page_images_and_the_page_numbers_they_answer(report_
     assert len(ids) == s.total_tokens
 
 
-def test_synth_reports_documents_it_cannot_show_as_images_or_write_for(tmp_path):
-    """A text-only dataset is shown as text (markers kept); a scanned page (an image, no text
-    layer) yields no sample, and the summary says why."""
+SLIDES = [["Harbour traffic review", "Container ships arrived early", "Fishing boats stayed in port"],
+          ["Warehouse capacity plans", "North yard opens in spring", "Cranes replaced after storms"],
+          ["Budget for the coming season", "Dredging the outer channel", "Training for new pilots"]]
+
+
+def scanned_deck(path) -> None:
+    """Slides as images only (no text layer), as a scanner or a slide exporter makes them."""
+    import io
+
     import pymupdf
+    from PIL import Image, ImageDraw, ImageFont
+
+    from mmlong.render.glyph import FONT_DIR
+
+    font = ImageFont.truetype(str(FONT_DIR / "DejaVuSans.ttf"), 44)
+    doc = pymupdf.open()
+    for lines in SLIDES:
+        img = Image.new("RGB", (1200, 900), "white")
+        draw = ImageDraw.Draw(img)
+        for k, line in enumerate(lines):
+            draw.text((80, 120 + 180 * k), line, fill="black", font=font)
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        doc.new_page(width=800, height=600).insert_image(pymupdf.Rect(0, 0, 800, 600), stream=buf.getvalue())
+    doc.save(path)
+
+
+def test_synth_reads_scanned_pages_and_reports_documents_without_samples(tmp_path, monkeypatch):
+    """A text-only dataset is shown as text (markers kept); a scanned deck (images, no text
+    layer) is read with OCR to write questions (cached with the dataset), and without OCR it
+    yields no sample and the summary says why."""
+    import pytest
 
     from mmlong.ingest import ingest
-    from tests.conftest import png_bytes, write_pdf
+    from tests.conftest import write_pdf
 
+    pytest.importorskip("rapidocr_onnxruntime")
     (tmp_path / "in").mkdir()
     write_pdf(tmp_path / "in" / "text.pdf", [" ".join(sentence(p, k) for k in range(3)) for p in range(1, 4)])
-    scan = pymupdf.open()
-    scan.new_page().insert_image(pymupdf.Rect(20, 20, 500, 700), stream=png_bytes(300, 400, label="scanned text"))
-    scan.save(tmp_path / "in" / "scan.pdf")
+    scanned_deck(tmp_path / "in" / "scan.pdf")
     ingest([str(tmp_path / "in" / "text.pdf")], tmp_path / "text", preset="pdf-text", workers=1, progress=False)
     ingest([str(tmp_path / "in" / "scan.pdf")], tmp_path / "scan", workers=1, progress=False)
     summary = synth(tmp_path / "text", tmp_path / "s1")
@@ -180,7 +212,45 @@ def test_synth_reports_documents_it_cannot_show_as_images_or_write_for(tmp_path)
     s = read_samples(tmp_path / "s1")[0]
     assert s.extra["view"] == {"items": "all", "page_markers": True}
     assert s.user_content()[0]["text"] == "Page 1\n" and s.items[1]["page"] == 0 and not s.items[1].get("marker")
-    summary = synth(tmp_path / "scan", tmp_path / "s2")
-    assert summary["samples"] == 0
-    (reason,) = summary["without_samples"].values()
-    assert "scanned" in reason
+
+    off = synth(tmp_path / "scan", tmp_path / "s2", ocr=None)
+    assert off["samples"] == 0 and "scanned pages not read: OCR is off" in next(iter(off["without_samples"].values()))
+    summary = synth(tmp_path / "scan", tmp_path / "s3", ocr="rapidocr")
+    assert summary["ocr"] == {"documents": 1, "pages": 3} and not summary["without_samples"]
+    samples = read_samples(tmp_path / "s3")
+    lines = [s for s in samples if s.kind == "line-page"]
+    assert lines and all(s.anchor in SLIDES[s.evidence_pages[0] - 1] for s in lines)  # read right, on the right page
+    assert all(c["type"] == "image" or c["text"].startswith("Page ") for s in samples for c in s.user_content()[:-1])
+    import mmlong.render.ocr as ocr
+
+    monkeypatch.setattr(ocr, "engine", lambda name: (_ for _ in ()).throw(AssertionError("read again")))
+    assert synth(tmp_path / "scan", tmp_path / "s4", ocr="rapidocr")["samples"] == len(samples)  # from the cache
+
+
+def test_unanswerable_questions_use_the_answerable_templates(report_doc):
+    """Unanswerable questions ask, in the answerable questions' own wording, about sections and
+    sentences of another document and figure numbers this one does not have."""
+    from mmlong.schema import TEXT, Document, Item
+
+    words = ["harbour", "ledger", "lists", "crates", "of", "tea", "shipped", "from", "the", "eastern", "ports", "before",
+             "winter", "storms", "closed", "roads"]
+    pages = [" ".join(words[(p + k) % 16] for k in range(12)).capitalize() + "." for p in range(10)]
+    other = Document("other", "other.pdf", "pdf", "", num_pages=10,
+                     metadata={"toc": [[1, f"Voyage {w}", p * 2 + 1] for p, w in enumerate(["north", "south", "west"])]},
+                     items=[Item(TEXT, text=t, page=p, tokens=20) for p, t in enumerate(pages)])
+    writer = TemplateWriter(per_kind=3, unanswerable_rate=0.4)
+    first = writer.write(report_doc, Segment(0, 12), random.Random(0))
+    qas = writer.write(other, Segment(0, 10), random.Random(0))
+    unanswerable = [q for q in qas if q.answer == NOT_ANSWERABLE]
+    assert len(unanswerable) >= 3
+    report_titles = {t for _, t, _ in SECTIONS}
+    kinds = set()
+    for q in unanswerable:
+        template = q.question.split('"')[0] if '"' in q.question else q.question.rsplit(" ", 1)[0]
+        assert any(a.question.startswith(template) for a in first + qas if a.answer != NOT_ANSWERABLE), q.question
+        quoted = q.question.split('"')[1] if '"' in q.question else None
+        if quoted:
+            assert quoted in report_titles | {sentence(p, k) for p in range(1, 13) for k in range(3)}
+            assert all(quoted not in t for t in pages)
+        kinds.add(template)
+    assert len(kinds) >= 2  # sections and sentences of the other document, not one fixed phrasing

@@ -41,6 +41,9 @@ class _Facts:
     labels: Counter
     sentences: list[tuple[int, str]]
     """(page, sentence) for sentences found once in the whole document."""
+    lines: list[tuple[int, str]] = field(default_factory=list)
+    """(page, line) for short lines (titles, bullets, labels: 3-12 words) found once in the
+    whole document: what slide decks and scanned pages (OCR text) have instead of sentences."""
     texts: dict[int, list[str]] = field(default_factory=dict)
 
 
@@ -54,7 +57,19 @@ def _facts(doc: Document) -> _Facts:
                 captions.append((page, m[1].replace("Fig.", "Figure"), join_lines(block)))
     whole = "\n".join(join_lines(b) for page in sorted(texts) for b in texts[page])
     sentences = [(p, s) for p in sorted(texts) for b in texts[p] for s in _sentences(b) if whole.count(s) == 1]
-    return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences, texts)
+    lines = [(p, line) for p in sorted(texts) for b in texts[p] for line in _lines(b) if whole.count(line) == 1]
+    return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences,
+                  lines, texts)
+
+
+def _lines(block: str) -> list[str]:
+    out = []
+    for raw in block.splitlines():
+        line = " ".join(raw.split()).strip(" -•*·")
+        letters = sum(c.isalpha() for c in line)
+        if 3 <= len(line.split()) <= 12 and letters >= 12 and letters > 0.7 * len(line.replace(" ", "")):
+            out.append(line)
+    return out
 
 
 @dataclass
@@ -69,18 +84,28 @@ class TemplateWriter:
     """Share of questions asked about something the document does not have."""
     ocr_baselines: bool = False
     """Also write the OCR-full and OCR-needle transcription tasks (ablation baselines)."""
+    _foreign: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def write(self, doc: Document, segment: Segment, rng: random.Random) -> list[QA]:
         f = _facts(doc)
         qas: list[QA] = []
         for make in (_section_start, _sections_between, _section_distance, _caption_page, _caption_text,
-                     _caption_count, _sentence_page, _sentence_pages, _sentence_complete, _page_label):
+                     _caption_count, _sentence_page, _sentence_pages, _sentence_complete, _line_page, _page_label):
             qas += make(doc, f, segment, rng)[: self.per_kind]
         if self.ocr_baselines:
             qas += _ocr(doc, f, segment, rng)
         n_unanswerable = round(self.unanswerable_rate / (1 - self.unanswerable_rate) * len(qas)) if qas else 0
-        qas += _unanswerable(f, n_unanswerable, rng)
+        qas += _unanswerable(f, n_unanswerable, rng, self._foreign)
+        self._remember(f, rng)
         return qas
+
+    def _remember(self, f: _Facts, rng: random.Random, keep: int = 200) -> None:
+        """Titles and sentences of the documents written so far: the unanswerable questions of
+        the next documents ask about them."""
+        for key, new in (("titles", [t for t in f.titles if f.titles[t] == 1]), ("sentences", [x for _, x in f.sentences])):
+            pool = self._foreign.setdefault(key, [])
+            pool += rng.sample(new, min(len(new), 20))
+            del pool[: max(0, len(pool) - keep)]
 
 
 def _in(segment: Segment, page: int) -> bool:
@@ -143,6 +168,12 @@ def _sentence_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
                "sentence-page", s) for p, s in rng.sample(sents, min(len(sents), 4))]
 
 
+def _line_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    lines = [x for x in f.lines if _in(seg, x[0])]
+    return [QA(f'On which page does the text "{x}" appear?', p + 1, "Int", [p + 1], "extract-single", "line-page", x)
+            for p, x in rng.sample(lines, min(len(lines), 4))]
+
+
 def _sentence_pages(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
     sents = [s for s in f.sentences if _in(seg, s[0])]
     out = []
@@ -195,18 +226,31 @@ def _ocr(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
     return out
 
 
-def _unanswerable(f: _Facts, n: int, rng: random.Random) -> list[QA]:
-    """Questions about figures and sections the document does not have."""
+def _unanswerable(f: _Facts, n: int, rng: random.Random, foreign: dict[str, list[str]]) -> list[QA]:
+    """Questions in the very templates of the answerable ones (section start, sentence page,
+    caption page) about what this document does not have: section titles and sentences of
+    other documents of the dataset, figure numbers it skips or stops before. Nothing in the
+    wording tells them apart from answerable questions."""
+    whole = "\n".join(join_lines(b) for blocks in f.texts.values() for b in blocks)
+    titles = [t for t in foreign.get("titles", []) if t not in f.titles and t not in whole]
+    sentences = [x for x in foreign.get("sentences", []) if x not in whole]
+    numbers = {int(label.split()[-1]) for label in f.labels if label.startswith("Figure")}
+    missing = [k for k in range(1, max(numbers, default=0) + 4) if k not in numbers]
+    makers = [m for m, pool in (("section", titles), ("sentence", sentences)) if pool] + ["figure"]
     out = []
-    numbers = [int(label.split()[-1]) for label in f.labels if label.startswith("Figure")]
     for i in range(n):
-        if i % 2 == 0:
-            label = f"Figure {max(numbers, default=0) + rng.randint(5, 40)}"
-            q = f"On which page is the caption of {label}?"
+        kind = makers[i % len(makers)]
+        if kind == "section":
+            t = titles.pop(rng.randrange(len(titles)))
+            out.append(QA(f'On which page does the section "{t}" begin?', NOT_ANSWERABLE, "None", [], "extract-single",
+                          "unanswerable", f'section "{t}"'))
+        elif kind == "sentence":
+            x = sentences.pop(rng.randrange(len(sentences)))
+            out.append(QA(f'On which page does this sentence appear: "{x}"', NOT_ANSWERABLE, "None", [], "extract-single",
+                          "unanswerable", x))
         else:
-            label = f'section "{rng.choice(["Appendix Q", "Acknowledgements of Funding", "Glossary of Terms", "Errata"])}"'
-            if label[9:-1] in f.titles:
-                continue
-            q = f"On which page does the {label} begin?"
-        out.append(QA(q, NOT_ANSWERABLE, "None", [], "extract-single", "unanswerable", label))
+            label = f"Figure {rng.choice(missing)}"
+            out.append(QA(f"On which page is the caption of {label}?", NOT_ANSWERABLE, "None", [], "extract-single",
+                          "unanswerable", label))
+        makers = [m for m, pool in (("section", titles), ("sentence", sentences)) if pool] + ["figure"]
     return out
