@@ -44,6 +44,13 @@ def check_answer(qa: QA, report_doc) -> None:
         page = qa.evidence_pages[0]
         head = qa.question.split('"')[1].removesuffix(" ...")
         assert f"{head} {qa.answer}" in [sentence(page, k) for k in range(3)]
+    elif qa.kind == "caption-label":
+        (page,) = [p for p, c in CAPTIONS.items() if c.endswith(qa.anchor)]
+        assert CAPTIONS[page].startswith(qa.answer + ":") and qa.evidence_pages == [page]
+    elif qa.kind == "sentence-number":
+        blanked = qa.question.split('"')[1]
+        page = qa.evidence_pages[0]
+        assert blanked.replace("___", str(qa.answer)) in [sentence(page, k) for k in range(3)]
     elif qa.kind == "line-page":
         on = {p + 1: " ".join(" ".join(it.text.split()) for it in report_doc.items if it.text and it.page == p)
               for p in range(12)}
@@ -80,8 +87,8 @@ def test_template_answers_are_verified_against_the_source(report_doc):
             tasks.add(qa.task)
     assert tasks == {"extract-single", "extract-multi", "reasoning"}
     assert kinds >= {"section-start", "sections-between", "section-distance", "caption-page", "caption-text",
-                     "caption-count", "sentence-page", "sentence-pages", "sentence-complete", "line-page", "page-label",
-                     "unanswerable"}
+                     "caption-count", "caption-label", "sentence-page", "sentence-pages", "sentence-complete", "line-page",
+                     "page-label", "unanswerable"}
 
 
 def test_unanswerable_rate(report_doc):
@@ -254,3 +261,42 @@ def test_unanswerable_questions_use_the_answerable_templates(report_doc):
             assert all(quoted not in t for t in pages)
         kinds.add(template)
     assert len(kinds) >= 2  # sections and sentences of the other document, not one fixed phrasing
+
+
+ROWS = [["Port", "Ships", "Crates"], ["Avonmouth", "41", "1200"], ["Bristol", "17", "860"], ["Cardiff", "29", "2310"]]
+
+
+def test_content_questions_read_tables_and_numbers(tmp_path):
+    """Cell lookups and comparisons from a real table grid, and numbers read in the text; each
+    answer checked against the rows the PDF was drawn from."""
+    import pymupdf
+
+    from mmlong.schema import TEXT, Document, Item
+
+    pdf = pymupdf.open()
+    for p in range(3):
+        page = pdf.new_page(width=595, height=842)
+        if p == 1:
+            for r, row in enumerate(ROWS):
+                for c, cell in enumerate(row):
+                    rect = pymupdf.Rect(60 + 150 * c, 100 + 30 * r, 210 + 150 * c, 130 + 30 * r)
+                    page.draw_rect(rect, color=(0, 0, 0), width=0.8)
+                    page.insert_textbox(rect + (4, 6, 0, 0), cell, fontsize=11)
+    pdf.save(tmp_path / "t.pdf")
+    text = "The harbour master counted 47 barges waiting outside the southern breakwater that morning."
+    doc = Document("t", str(tmp_path / "t.pdf"), "pdf", "", num_pages=3,
+                   items=[Item(TEXT, text=text, page=1, tokens=20)])
+    qas = TemplateWriter(per_kind=6, unanswerable_rate=0).write(doc, Segment(0, 3), random.Random(0))
+    by_kind = {}
+    for qa in qas:
+        by_kind.setdefault(qa.kind, []).append(qa)
+    rows = {r[0]: dict(zip(ROWS[0], r)) for r in ROWS[1:]}
+    for qa in by_kind["table-cell"]:
+        col, row = re.findall(r'"([^"]+)"', qa.question)
+        assert str(qa.answer) == rows[row][col] and qa.evidence_pages == [2] and qa.answer_format in ("Int", "Str")
+    for qa in by_kind["table-compare"]:
+        col, a, b = re.findall(r'"([^"]+)"', qa.question)
+        assert qa.answer == max((a, b), key=lambda r: int(rows[r][col])) and qa.task == "reasoning"
+    (number,) = by_kind["sentence-number"]
+    assert number.answer == 47 and number.answer_format == "Int"
+    assert number.question.split('"')[1].replace("___", "47") == text

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass, field
 
 from mmlong.samples import NOT_ANSWERABLE, QA, Segment
 from mmlong.schema import Document
 from mmlong.synthesis.segments import page_texts
+from mmlong.synthesis.tables import Table, number, pdf_tables
 from mmlong.text import join_lines
 
 _CAPTION = re.compile(r"^\s*((?:Figure|Fig\.|Table)\s+(\d+))\s*[:.]\s*(.+)", re.S)
@@ -45,9 +47,11 @@ class _Facts:
     """(page, line) for short lines (titles, bullets, labels: 3-12 words) found once in the
     whole document: what slide decks and scanned pages (OCR text) have instead of sentences."""
     texts: dict[int, list[str]] = field(default_factory=dict)
+    tables: list[Table] = field(default_factory=list)
+    """Clean tables of the segment's pages (PDF sources still on disk)."""
 
 
-def _facts(doc: Document) -> _Facts:
+def _facts(doc: Document, segment: Segment | None = None) -> _Facts:
     texts = page_texts(doc)
     toc = [(lvl, join_lines(title), page - 1) for lvl, title, page in doc.metadata.get("toc", []) if 1 <= page <= doc.num_pages]
     captions = []
@@ -58,8 +62,9 @@ def _facts(doc: Document) -> _Facts:
     whole = "\n".join(join_lines(b) for page in sorted(texts) for b in texts[page])
     sentences = [(p, s) for p in sorted(texts) for b in texts[p] for s in _sentences(b) if whole.count(s) == 1]
     lines = [(p, line) for p in sorted(texts) for b in texts[p] for line in _lines(b) if whole.count(line) == 1]
+    tables = pdf_tables(doc.source, segment.pages) if segment and doc.kind == "pdf" and Path(doc.source).is_file() else []
     return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences,
-                  lines, texts)
+                  lines, texts, tables)
 
 
 def _lines(block: str) -> list[str]:
@@ -87,10 +92,11 @@ class TemplateWriter:
     _foreign: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def write(self, doc: Document, segment: Segment, rng: random.Random) -> list[QA]:
-        f = _facts(doc)
+        f = _facts(doc, segment)
         qas: list[QA] = []
         for make in (_section_start, _sections_between, _section_distance, _caption_page, _caption_text,
-                     _caption_count, _sentence_page, _sentence_pages, _sentence_complete, _line_page, _page_label):
+                     _caption_count, _caption_label, _sentence_page, _sentence_pages, _sentence_complete, _sentence_number,
+                     _line_page, _table_cell, _table_compare, _page_label):
             qas += make(doc, f, segment, rng)[: self.per_kind]
         if self.ocr_baselines:
             qas += _ocr(doc, f, segment, rng)
@@ -166,6 +172,66 @@ def _sentence_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
     sents = [s for s in f.sentences if _in(seg, s[0])]
     return [QA(f'On which page does this sentence appear: "{s}"', p + 1, "Int", [p + 1], "extract-single",
                "sentence-page", s) for p, s in rng.sample(sents, min(len(sents), 4))]
+
+
+def _caption_label(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    caps = [c for c in f.captions if _in(seg, c[0]) and f.labels[c[1]] == 1]
+    out = []
+    for p, label, text in rng.sample(caps, len(caps)):
+        body = _CAPTION.match(text)[3].strip()
+        if len(body.split()) >= 3 and sum(1 for _, _, t in f.captions if body in t) == 1:
+            out.append(QA(f'Which figure or table has the caption "{body}"? Give its label and number.', label, "Str",
+                          [p + 1], "extract-single", "caption-label", body))
+    return out
+
+
+_NUMBER_WORD = re.compile(r"(?<![\w.,])(\d+(?:\.\d+)?)(?![\w.,]\w)")
+
+
+def _sentence_number(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """A sentence with exactly one number, the number blanked: a value read in the text."""
+    out = []
+    sents = [s for s in f.sentences if _in(seg, s[0]) and len(_NUMBER_WORD.findall(s[1])) == 1]
+    for p, s in rng.sample(sents, min(4, len(sents))):
+        m = _NUMBER_WORD.search(s)
+        blanked = s[: m.start()] + "___" + s[m.end():]
+        value = float(m[1]) if "." in m[1] else int(m[1])
+        out.append(QA(f'Which number is missing from this sentence of page {p + 1}: "{blanked}"', value,
+                      "Float" if isinstance(value, float) else "Int", [p + 1], "extract-single", "sentence-number",
+                      f"page {p + 1}"))
+    return out
+
+
+def _table_cell(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """Cell lookup by row label and column header."""
+    out = []
+    for t in rng.sample(f.tables, len(f.tables)):
+        r, c = rng.choice(t.rows), rng.randrange(1, len(t.header))
+        value: object = r[c]
+        fmt = "Str"
+        if t.numeric(c) and not r[c].endswith("%") and "$" not in r[c]:
+            value, fmt = (number(r[c]), "Float") if "." in r[c] else (int(number(r[c])), "Int")
+        out.append(QA(f'In the table on page {t.page + 1}, what is the "{t.header[c]}" of "{r[0]}"?', value, fmt,
+                      [t.page + 1], "extract-single", "table-cell", f'page {t.page + 1}, "{t.header[c]}" of "{r[0]}"'))
+    return out
+
+
+def _table_compare(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """Two rows of a numeric column compared: which is larger (reasoning over two cells)."""
+    out = []
+    for t in rng.sample(f.tables, len(f.tables)):
+        cols = [c for c in range(1, len(t.header)) if t.numeric(c)]
+        if not cols:
+            continue
+        c = rng.choice(cols)
+        a, b = rng.sample(t.rows, 2)
+        if number(a[c]) == number(b[c]):
+            continue
+        winner = a if number(a[c]) > number(b[c]) else b
+        out.append(QA(f'In the table on page {t.page + 1}, which has the larger "{t.header[c]}": "{a[0]}" or "{b[0]}"?',
+                      winner[0], "Str", [t.page + 1], "reasoning", "table-compare",
+                      f'page {t.page + 1}, "{t.header[c]}" of "{a[0]}" and "{b[0]}"'))
+    return out
 
 
 def _line_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
