@@ -131,7 +131,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from mmlong.messages import View
 
     view = View(args.view, page_markers=not args.no_page_markers)
-    summary = synth(args.dataset, args.out, writer, args.segments, args.seed, args.min_pages, args.max_pages, view)
+    summary = synth(args.dataset, args.out, writer, args.segments, args.seed, args.min_pages, args.max_pages, view,
+                    None if args.ocr == "none" else args.ocr)
+    for source, why in summary["without_samples"].items():
+        print(f"warning: {source}: no samples: {why}", file=sys.stderr)
     print(json.dumps(summary, indent=2))
     print(f"samples: {Path(args.out).resolve() / 'samples.parquet'}")
     return 0 if summary["samples"] else 1
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", choices=["images", "all", "text"], default="images",
                    help="what samples show: page images only (default; documents without images as text), all items, or text")
     p.add_argument("--no-page-markers", action="store_true", help='no "Page N" text before each page')
+    p.add_argument("--ocr", choices=["auto", "tesseract", "rapidocr", "none"], default="auto",
+                   help="engine that reads scanned pages (no text layer) to write questions from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm-base-url", default=None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     p.add_argument("--llm-model", default=None)

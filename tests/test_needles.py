@@ -115,6 +115,21 @@ def test_video_needle_frame(tmp_path):
         insert_needles([Item(TEXT, text="x", tokens=1)], NeedleSpec("single", "video"), random.Random(0))
 
 
+def test_video_needles_sit_between_frame_pairs_never_after_a_timestamp():
+    """With time markers before every frame, no needle lands between a marker and its frame,
+    and each lands after an even number of frames (a Qwen2.5-VL temporal patch is 2 frames)."""
+    items = []
+    for i in range(30):
+        items.append(Item(TEXT, text=f"<{i}.0 seconds>", timestamp=float(i), tokens=6, meta={"marker": True}))
+        items.append(Item(VIDEO_FRAME, image=png_bytes(56, 56), image_format="png", width=56, height=56,
+                          timestamp=float(i), tokens=4))
+    for depth in [i / 24 for i in range(25)]:
+        out, _ = insert_needles(items, NeedleSpec("single", "video", depth, 400), random.Random(0))
+        pos = next(i for i, it in enumerate(out) if (it.meta or {}).get("generated"))
+        assert pos == 0 or not (out[pos - 1].meta or {}).get("marker")
+        assert sum(it.kind == VIDEO_FRAME for it in out[:pos]) % 2 == 0
+
+
 def test_needle_samples_never_exceed_their_length(tmp_path):
     """Large needle frames (644x364: 299 tokens each) still fit: the haystack gives way."""
     root = _video_dataset(tmp_path / "video", size=(644, 364))

@@ -244,12 +244,17 @@ def _image_needle(kind: str, text: str, size: tuple[int, int], budget: tk.PixelB
 
 
 def _positions(items: list[Item], depths: list[float]) -> list[int]:
-    """Item boundaries whose token offsets are nearest each depth."""
-    offsets = [0]
+    """Item boundaries whose token offsets are nearest each depth. A needle never goes between
+    a timestamp marker and its frame, and in video only at frame-pair boundaries (Qwen2.5-VL
+    merges two consecutive frames into one temporal patch)."""
+    offsets, allowed, frames = [0], [True], 0
     for it in items:
         offsets.append(offsets[-1] + it.tokens)
+        frames += it.kind == VIDEO_FRAME
+        allowed.append(not (it.meta or {}).get("marker") and frames % 2 == 0)
     total = offsets[-1]
-    return [min(range(len(offsets)), key=lambda i: abs(offsets[i] - d * total)) for d in depths]
+    ok = [i for i in range(len(offsets)) if allowed[i]] or list(range(len(offsets)))
+    return [min(ok, key=lambda i: abs(offsets[i] - d * total)) for d in depths]
 
 
 def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
