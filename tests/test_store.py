@@ -195,6 +195,23 @@ def test_options_mismatch_and_foreign_folders_are_refused(tmp_path):
         store.read_manifest(foreign)
 
 
+def test_counts_of_another_tokenizer_are_refused(tmp_path, monkeypatch):
+    """The manifest records the tokenizer the counts were made with; resuming with another is refused."""
+    from mmlong import tokens as tk
+
+    root = tmp_path / "ds"
+    write_docs(root, [1])
+    assert store.read_manifest(root)["tokenizer"] == tk.tokenizer_hash()
+    other = tmp_path / "tok" / "tokenizer.json"
+    other.parent.mkdir()
+    other.write_bytes(tk._tokenizer_file(None).read_bytes().replace(b'"version"', b'"version" ', 1))
+    monkeypatch.setenv(tk.TOKENIZER_ENV, str(other.parent))
+    with pytest.raises(store.DatasetError, match="another tokenizer"):
+        store.DatasetWriter(root, OPTIONS)
+    monkeypatch.delenv(tk.TOKENIZER_ENV)
+    store.DatasetWriter(root, OPTIONS).close()  # the same one resumes
+
+
 def test_item_kind_is_checked():
     with pytest.raises(ValueError, match="unknown item kind"):
         Item("picture")
