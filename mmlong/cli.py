@@ -47,9 +47,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "tokens": {"min_pixels": args.token_min_pixels, "max_pixels": args.token_max_pixels},
         "html": {"mode": args.html_mode, "allow_network": True if args.allow_network else None},
     }
+    from mmlong.pool import Limits
+
     options = IngestOptions.from_preset(args.preset, overrides)
+    limits = Limits(args.page_timeout or None, args.worker_memory or None, "render")
     report = ingest(
-        args.paths, args.out, options=options, workers=args.workers, chunk_pages=args.chunk_pages, progress=not args.no_progress
+        args.paths, args.out, options=options, workers=args.workers, chunk_pages=args.chunk_pages, progress=not args.no_progress,
+        limits=limits,
     )
     units = report.pages + report.frames
     rate = units / report.seconds if report.seconds else 0.0
@@ -196,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-network", action="store_true", help="webpages may fetch http(s) resources (off: nothing leaves)")
     p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
     p.add_argument("--chunk-pages", type=int, default=8, help="pages per task")
+    p.add_argument("--page-timeout", type=float, default=300,
+                   help="seconds one page (a chunk of frames, a webpage) may take before its document fails (0: none)")
+    p.add_argument("--worker-memory", type=int, default=4096, help="MB a worker may hold before its document fails (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 

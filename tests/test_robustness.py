@@ -165,3 +165,76 @@ def test_a_page_the_processor_would_refuse_is_skipped_with_a_warning(tmp_path):
     (d,) = store.iter_documents(tmp_path / "ds", images=False)
     assert [it.page for it in d.items if it.kind == "page-image"] == [0]
     assert any("page 2 not rendered" in w for w in d.metadata["warnings"])
+
+
+def _sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def _beating(times: int) -> str:
+    from mmlong.pool import beat
+
+    for _ in range(times):
+        time.sleep(0.5)
+        beat()
+    return "beat"
+
+
+def _grow(mb: int) -> int:
+    held = b"x" * (mb * 2**20)  # touched pages: resident memory
+    time.sleep(5)
+    return len(held)
+
+
+def test_tasks_past_their_time_or_memory_limit_fail_and_the_pool_goes_on():
+    from mmlong.pool import LimitExceeded, Limits
+
+    with Pool(2, limits=Limits(seconds=1.5, memory_mb=600, what="render")) as pool:
+        for key, fn, arg in [("slow", _sleep, 30), ("beats", _beating, 5), ("big", _grow, 900), ("quick", _sleep, 0)]:
+            pool.submit(key, fn, arg)
+        done = {}
+        while len(pool):
+            done.update({d.key: d for d in pool.wait()})
+    assert isinstance(done["slow"].error, LimitExceeded) and str(done["slow"].error) == "render exceeded 1.5 s"
+    assert isinstance(done["big"].error, LimitExceeded) and "render exceeded 600 MB of memory" in str(done["big"].error)
+    assert done["beats"].result == "beat" and done["quick"].result == "slept"  # progress resets the clock
+
+
+def nested_forms(path: Path, depth: int, fan: int = 4) -> None:
+    """A 2 KB PDF whose page draws a Form XObject that draws the next `fan` times, `depth`
+    deep: fan^depth draw calls (4^12: minutes of rendering)."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=200, height=200)
+    prev = doc.get_new_xref()
+    doc.update_object(prev, "<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] >>")
+    doc.update_stream(prev, b"0 0 m 200 200 l S")
+    for _ in range(depth):
+        x = doc.get_new_xref()
+        doc.update_object(x, f"<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] /Resources << /XObject << /X {prev} 0 R >> >> >>")
+        doc.update_stream(x, b" ".join([b"/X Do"] * fan))
+        prev = x
+    res, content = doc.get_new_xref(), doc.get_new_xref()
+    doc.update_object(res, f"<< /XObject << /B {prev} 0 R >> >>")
+    doc.update_object(content, "<< >>")
+    doc.update_stream(content, b"/B Do")
+    doc.xref_set_key(page.xref, "Resources", f"{res} 0 R")
+    doc.xref_set_key(page.xref, "Contents", f"{content} 0 R")
+    doc.save(path)
+
+
+def test_a_pdf_that_renders_forever_fails_alone(tmp_path):
+    """Nested forms (a few KB) would hang the run: the page times out, the document fails with
+    the reason, the good PDF beside it is ingested."""
+    from mmlong.pool import Limits
+
+    (tmp_path / "in").mkdir()
+    nested_forms(tmp_path / "in" / "bomb.pdf", depth=12)
+    write_pdf(tmp_path / "in" / "good.pdf", [LOREM])
+    started = time.monotonic()
+    report = ingest([str(tmp_path / "in")], tmp_path / "ds", workers=2, progress=False, limits=Limits(4, 2048, "render"))
+    assert time.monotonic() - started < 60
+    assert report.failed == {str((tmp_path / "in" / "bomb.pdf").resolve()): "render exceeded 4 s on pages 1-1"}
+    assert report.ingested == [str((tmp_path / "in" / "good.pdf").resolve())]

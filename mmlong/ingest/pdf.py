@@ -13,6 +13,7 @@ from typing import Any
 
 from mmlong import tokens as tk
 from mmlong.errors import IngestError
+from mmlong.pool import beat
 from mmlong.imaging import DEFAULT_FORMAT, DEFAULT_QUALITY, check_encoding, encode_pixels, pixmap_array
 from mmlong.schema import FIGURE, PAGE_IMAGE, TEXT, Item
 from mmlong.text import clean_text
@@ -228,6 +229,7 @@ def pages_items(path: str, start: int, stop: int, opts: PdfOptions, budget: tk.P
             items.extend(page_items(doc[index], index, opts, budget, tokenizer, warnings))
         except Exception as e:
             raise IngestError(f"page {index + 1}: {type(e).__name__}: {e}") from None
+        beat()  # the pool's time limit is per page
     return items
 
 

@@ -24,7 +24,7 @@ from mmlong.ingest.options import IngestOptions
 from mmlong.ingest.pdf import pages_table
 from mmlong.ingest.video import Segmenter, frames_table
 from mmlong.ingest.web import html_table
-from mmlong.pool import Pool, WorkerCrashed
+from mmlong.pool import LimitExceeded, Limits, Pool, WorkerCrashed
 from mmlong.schema import Document
 from mmlong.store import DatasetWriter, DocSink
 
@@ -146,11 +146,15 @@ def ingest(
     chunk_pages: int = 8,
     progress: bool = True,
     chunk_frames: int = 32,
+    limits: Limits | None = None,
 ) -> IngestReport:
     """Ingest the files, folders, globs and (with html.allow_network) URLs in `paths` into the
     dataset at `out` (created, or resumed: documents already there are skipped). `options`
     overrides the preset. Bad inputs are skipped, reported on one line each and recorded in
-    out/failures.json."""
+    out/failures.json. With workers > 1, `limits` bound each page (PDF), chunk of frames or
+    webpage in time and each worker in memory (default: 300 s, 4096 MB); past them the
+    document fails with the reason and the run goes on."""
+    limits = limits or Limits(what="render")
     opts = options or IngestOptions.from_preset(preset)
     workers = workers or len(os.sched_getaffinity(0))
     if chunk_pages < 1 or chunk_frames < 1:
@@ -273,7 +277,7 @@ def ingest(
             finish(doc)
 
     limit = 2 * workers + 2
-    pool = Pool(workers, initializer=_worker_init)
+    pool = Pool(workers, initializer=_worker_init, limits=limits)
     tasks: dict[tuple[str, int], tuple[_Doc, int]] = {}
     buffered = 0
     try:
@@ -295,7 +299,11 @@ def ingest(
                 doc, c = tasks.pop(done.key)
                 if doc.failed:
                     continue
-                if isinstance(done.error, WorkerCrashed):
+                if isinstance(done.error, LimitExceeded):
+                    start, stop = doc.chunk_range(c)
+                    unit = "pages" if doc.kind == "pdf" else "frames" if doc.kind == "video" else "page"
+                    fail(doc, f"{done.error} on {unit} {start + 1}-{stop}" if doc.kind != "html" else str(done.error))
+                elif isinstance(done.error, WorkerCrashed):
                     start, stop = doc.chunk_range(c)
                     unit = "pages" if doc.kind == "pdf" else "frames"
                     fail(doc, f"a worker process crashed on {unit} {start + 1}-{stop} (a decoder crash or out of memory)")
