@@ -238,3 +238,17 @@ def test_a_pdf_that_renders_forever_fails_alone(tmp_path):
     assert time.monotonic() - started < 60
     assert report.failed == {str((tmp_path / "in" / "bomb.pdf").resolve()): "render exceeded 4 s on pages 1-1"}
     assert report.ingested == [str((tmp_path / "in" / "good.pdf").resolve())]
+
+
+def test_a_figure_over_the_decompression_bomb_limit_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    """The figure goes (with the reason), its page and the document stay."""
+    import mmlong.ingest.pdf as pdf
+
+    monkeypatch.setattr(pdf, "_bomb_pixels", lambda: 50_000)  # the test's figures are 300x200 = 60,000 pixels
+    write_pdf(tmp_path / "a.pdf", [LOREM, LOREM], images={1: [(50, 300, 350, 500)]})
+    report = ingest([str(tmp_path / "a.pdf")], tmp_path / "ds", workers=1, progress=False, preset="pdf-figures")
+    assert not report.failed
+    (d,) = store.iter_documents(tmp_path / "ds", images=False)
+    assert sorted({it.page for it in d.items if it.kind == "text"}) == [0, 1]
+    assert not [it for it in d.items if it.kind == "figure"]
+    assert any("page 2: a figure of 300x200 pixels skipped" in w for w in d.metadata["warnings"])

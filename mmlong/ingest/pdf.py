@@ -150,6 +150,13 @@ def _image_item(kind: str, pix, page: int, bbox, opts: PdfOptions, budget: tk.Pi
     )
 
 
+def _bomb_pixels() -> int:
+    """Images larger than this are decompression bombs (Pillow's limit, 2x its warning)."""
+    from PIL import Image
+
+    return 2 * (Image.MAX_IMAGE_PIXELS or 2**62)
+
+
 def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, tokenizer,
                warnings: list[str] | None = None) -> list[Item]:
     """Items of one PyMuPDF page, in reading order. `budget` is the pixel budget of
@@ -185,6 +192,10 @@ def page_items(page, index: int, opts: PdfOptions, budget: tk.PixelBudget, token
             if clip.is_empty or key in seen:
                 continue
             seen.add(key)
+            if info.get("width", 0) * info.get("height", 0) > _bomb_pixels():
+                warnings.append(f"page {index + 1}: a figure of {info['width']}x{info['height']} pixels skipped: over the "
+                                f"decompression-bomb limit of {_bomb_pixels()} pixels (Pillow's)")
+                continue
             fz = min(zoom, _zoom(clip.width, clip.height, opts))
             w, h = clip.width * fz, clip.height * fz
             if min(w, h) < opts.min_figure_side or max(w, h) / min(w, h) > tk.MAX_RATIO:
