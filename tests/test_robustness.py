@@ -252,3 +252,13 @@ def test_a_figure_over_the_decompression_bomb_limit_is_skipped_with_a_warning(tm
     assert sorted({it.page for it in d.items if it.kind == "text"}) == [0, 1]
     assert not [it for it in d.items if it.kind == "figure"]
     assert any("page 2: a figure of 300x200 pixels skipped" in w for w in d.metadata["warnings"])
+
+
+def test_markup_nested_thousands_deep_is_read(tmp_path):
+    """The DOM walk keeps its own stack: 5,000 nested divs are a page, not a RecursionError."""
+    page = tmp_path / "deep.html"
+    page.write_text("<html><body><main><h1>Deep</h1>" + "<div>" * 5000 + "the deep text" + "</div>" * 5000 + "</main></body></html>")
+    report = ingest([str(page)], tmp_path / "ds", workers=1, progress=False)
+    assert not report.failed
+    (d,) = store.iter_documents(tmp_path / "ds", images=False)
+    assert [it.text for it in d.items if it.kind == "text"][-1] == "the deep text"

@@ -116,8 +116,19 @@ def _image(node, w: _Walk) -> None:
     w.blocks.append(Block("img", src=src, alt=(attrs.get("alt") or "").strip(), caption=_caption(node)))
 
 
-def _walk(node, w: _Walk, main_only: bool) -> None:
-    for child in node.iter(include_text=True):
+def _walk(root, w: _Walk, main_only: bool) -> None:
+    """Blocks of `root`'s subtree into `w`, depth first with a stack of its own (markup nested
+    thousands deep is no recursion limit)."""
+    stack = [(root.iter(include_text=True), False)]  # children left, and whether leaving them ends a block
+    while stack:
+        children, ends_block = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            if ends_block:
+                w.flush()
+                w.tags.pop()
+            continue
         tag = child.tag
         if tag == "-text":
             w.buffer.append(child.text_content or "")
@@ -147,11 +158,9 @@ def _walk(node, w: _Walk, main_only: bool) -> None:
         elif tag in BLOCK:
             w.flush()
             w.tags.append(tag if tag in ("li", "dt", "dd", "blockquote", "td", "th") else w.tags[-1] if tag == "div" else tag)
-            _walk(child, w, main_only)
-            w.flush()
-            w.tags.pop()
+            stack.append((child.iter(include_text=True), True))
         else:  # inline: its text joins the block it stands in
-            _walk(child, w, main_only)
+            stack.append((child.iter(include_text=True), False))
 
 
 def _norm(text: str) -> str:
