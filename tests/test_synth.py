@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -300,3 +301,40 @@ def test_content_questions_read_tables_and_numbers(tmp_path):
     (number,) = by_kind["sentence-number"]
     assert number.answer == 47 and number.answer_format == "Int"
     assert number.question.split('"')[1].replace("___", "47") == text
+
+
+def test_list_questions_read_the_items_under_a_heading(tmp_path):
+    """A bulleted and a numbered list drawn in a PDF, read back through ingest: the list-items
+    answer is the items in order (a List), the count is their number, each on its page."""
+    import pymupdf
+
+    from mmlong import store
+    from mmlong.ingest import ingest
+
+    lists = {1: ("Before you start", ["Back up your data", "Check the power supply", "Print these notes"]),
+             2: ("Steps of the installation", ["Boot from the install medium", "Partition the disk", "Choose a mirror",
+                                                "Reboot into the new system"])}
+    pdf = pymupdf.open()
+    for p in range(3):
+        page = pdf.new_page(width=595, height=842)
+        page.insert_textbox(pymupdf.Rect(50, 50, 545, 120), sentence(p, 0), fontsize=11)
+        if p in lists:
+            head, items = lists[p]
+            marks = ["-"] * len(items) if p == 1 else [f"{i + 1}." for i in range(len(items))]
+            body = head + "\n" + "\n".join(f"{m} {x}" for m, x in zip(marks, items))
+            page.insert_textbox(pymupdf.Rect(50, 200, 545, 400), body, fontsize=11)
+    pdf.save(tmp_path / "l.pdf")
+    ingest([str(tmp_path / "l.pdf")], tmp_path / "ds", workers=1, progress=False)
+    (doc,) = store.iter_documents(tmp_path / "ds", images=False)
+    qas = TemplateWriter(per_kind=6, unanswerable_rate=0).write(doc, Segment(0, 3), random.Random(0))
+    got = {qa.anchor: qa for qa in qas if qa.kind == "list-items"}
+    counts = {qa.anchor: qa for qa in qas if qa.kind == "list-count"}
+    for p, (head, items) in lists.items():
+        assert got[head].answer == items and got[head].answer_format == "List" and got[head].evidence_pages == [p + 1]
+        assert counts[head].answer == len(items) and counts[head].task == "reasoning"
+        assert got[head].answer_text == json.dumps(items)
+    from mmlong.synthesis.template import _lists
+
+    # a bullet glyph on its own line (how some PDFs extract) and an item wrapped onto a second line
+    assert _lists({4: ["Tools\n\u2022\nA screwdriver\n\u2022 A cable that is long\nenough to reach\nClosing words end here."]}) == \
+        [(4, "Tools", ["A screwdriver", "A cable that is long enough to reach"])]

@@ -49,6 +49,9 @@ class _Facts:
     texts: dict[int, list[str]] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
     """Clean tables of the segment's pages (PDF sources still on disk)."""
+    lists: list[tuple[int, str, list[str]]] = field(default_factory=list)
+    """(page, heading, items) for bulleted or numbered lists under a heading found once in the
+    whole document."""
 
 
 def _facts(doc: Document, segment: Segment | None = None) -> _Facts:
@@ -63,8 +66,44 @@ def _facts(doc: Document, segment: Segment | None = None) -> _Facts:
     sentences = [(p, s) for p in sorted(texts) for b in texts[p] for s in _sentences(b) if whole.count(s) == 1]
     lines = [(p, line) for p in sorted(texts) for b in texts[p] for line in _lines(b) if whole.count(line) == 1]
     tables = pdf_tables(doc.source, segment.pages) if segment and doc.kind == "pdf" and Path(doc.source).is_file() else []
+    lists = [(p, head, items) for p, head, items in _lists(texts) if whole.count(head) == 1]
     return _Facts(toc, Counter(t for _, t, _ in toc), captions, Counter(label for _, label, _ in captions), sentences,
-                  lines, texts, tables)
+                  lines, texts, tables, lists)
+
+
+_BULLET = re.compile(r"^(?:[•▪◦●○■□‣∙·*–-]|\(?\d{1,2}[.)]|\(?[a-z][.)])(?:\s+|$)")
+
+
+def _lists(texts: dict[int, list[str]], min_items: int = 2, max_items: int = 12) -> list[tuple[int, str, list[str]]]:
+    """Lists in the page text: runs of lines that start with a bullet or an enumerator (a bullet
+    alone on its line goes with the next line; a line starting in lower case continues the item
+    before it), under the line before the run, when that line reads as a heading (1-12 words,
+    mostly letters, not a sentence)."""
+    out = []
+    for page in sorted(texts):
+        lines = [" ".join(raw.split()) for block in texts[page] for raw in block.splitlines()]
+        lines = [x for x in lines if x]
+        heading, items, bullet_alone = None, [], False
+        for line in lines + [""]:
+            m = _BULLET.match(line)
+            if m and not line[m.end():].strip():  # the bullet glyph on its own line
+                bullet_alone = True
+                continue
+            if m or bullet_alone:
+                items.append(line[m.end():] if m else line)
+                bullet_alone = False
+                continue
+            if items and line[:1].islower():
+                items[-1] += " " + line
+                continue
+            if heading and min_items <= len(items) <= max_items and all(1 <= len(x.split()) <= 15 for x in items):
+                out.append((page, heading.rstrip(":"), items))
+            items = []
+            letters = sum(c.isalpha() for c in line)
+            words = len(line.split())
+            heading = line if 1 <= words <= 12 and letters >= 3 and letters > 0.6 * len(line.replace(" ", "")) and \
+                line[-1:] not in ".!?," else None
+    return out
 
 
 def _lines(block: str) -> list[str]:
@@ -96,7 +135,7 @@ class TemplateWriter:
         qas: list[QA] = []
         for make in (_section_start, _sections_between, _section_distance, _caption_page, _caption_text,
                      _caption_count, _caption_label, _sentence_page, _sentence_pages, _sentence_complete, _sentence_number,
-                     _line_page, _table_cell, _table_compare, _page_label):
+                     _line_page, _table_cell, _table_compare, _list_items, _list_count, _page_label):
             qas += make(doc, f, segment, rng)[: self.per_kind]
         if self.ocr_baselines:
             qas += _ocr(doc, f, segment, rng)
@@ -232,6 +271,20 @@ def _table_compare(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
                       winner[0], "Str", [t.page + 1], "reasoning", "table-compare",
                       f'page {t.page + 1}, "{t.header[c]}" of "{a[0]}" and "{b[0]}"'))
     return out
+
+
+def _list_items(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """The items of the list under a heading, in order (a List answer)."""
+    lists = [x for x in f.lists if _in(seg, x[0])]
+    return [QA(f'On page {p + 1}, which items does the list under "{head}" give? List them in order.', items, "List",
+               [p + 1], "extract-single", "list-items", head) for p, head, items in rng.sample(lists, len(lists))]
+
+
+def _list_count(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
+    """How many items the list under a heading has (a count)."""
+    lists = [x for x in f.lists if _in(seg, x[0])]
+    return [QA(f'How many items does the list under "{head}" on page {p + 1} have?', len(items), "Int", [p + 1],
+               "reasoning", "list-count", head) for p, head, items in rng.sample(lists, len(lists))]
 
 
 def _line_page(doc, f: _Facts, seg: Segment, rng) -> list[QA]:
