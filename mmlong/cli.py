@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["single", "multi-key", "multi-value", "multi-query", "count", "sum"])
     p.add_argument("--modality", choices=["text", "image", "video"], default="text")
     p.add_argument("--count", type=int, default=4, help="needles of the multi, count and sum variants")
-    p.add_argument("--unit", choices=["sentence", "item"], default="sentence",
-                   help="haystack text in sentences (fills short lengths) or whole items")
+    p.add_argument("--unit", choices=["sentence", "item", "crop"], default="sentence",
+                   help="haystack text in sentences (fills short lengths), whole items, or sentences and page images cut "
+                        "into strips of <= 256 tokens (needles within a few percent of their depth in short haystacks of pages)")
     p.add_argument("--strip-digits", action="store_true", help="remove digits from the haystack text (RULER)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_needles)

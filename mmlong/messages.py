@@ -45,9 +45,11 @@ def image_ref(doc_id: str, seq: int) -> str:
 
 def item_ref(doc: Document, seq: int) -> str | None:
     """Where image item `seq` lives: its own `meta["ref"]` (items gathered from other
-    documents), None for generated images that live nowhere (needles: sent inline), else
-    the document's own item."""
+    documents), None for generated images that live nowhere (needles) and for crops of a
+    stored image (haystack strips): those are sent inline; else the document's own item."""
     meta = doc.items[seq].meta or {}
+    if "crop" in meta:
+        return None
     if "ref" in meta:
         return meta["ref"]
     if meta.get("generated"):

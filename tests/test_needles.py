@@ -165,3 +165,28 @@ def test_needles_command_grid(report_dataset, tmp_path, capsys):
         assert s.total_tokens <= s.extra["target_tokens"]
         assert len(s.extra["needle_offsets"]) == (1 if s.extra["variant"] == "single" else 2)
         assert 0 < s.answer_start < s.answer_end == s.total_tokens - 1
+
+
+def test_page_crops_put_needles_within_five_percent_of_their_depth(tmp_path, hf_processor, qwen_vl_utils):
+    """At 8K tokens over page images (~2.5K tokens each), whole pages put a 25% needle far off;
+    strips of <= 256 tokens keep every depth within 5%, and the sample's count stays exact."""
+    from mmlong.ingest import ingest
+    from tests.conftest import LOREM, write_pdf
+
+    write_pdf(tmp_path / "p.pdf", [f"Page {i}. {LOREM}" for i in range(8)])
+    ingest([str(tmp_path / "p.pdf")], tmp_path / "ds", preset="pdf-pages", workers=1, progress=False)
+    depths = [0.1, 0.25, 0.5, 0.75, 0.9]
+    with pytest.raises(ValueError, match="too large or too few"):  # whole pages cannot even fill 8K to 95%
+        needle_dataset(str(tmp_path / "ds"), str(tmp_path / "item"), [8192], depths, ["single"], unit="item")
+    needle_dataset(str(tmp_path / "ds"), str(tmp_path / "crop"), [8192], depths, ["single"], unit="crop")
+    samples = read_samples(tmp_path / "crop" / "samples.parquet")
+    assert max(abs(s.extra["depth"] - s.extra["requested_depth"]) for s in samples) <= 0.05
+    assert all(0.95 * 8192 <= s.total_tokens <= 8192 for s in samples)
+    sample = samples[1]
+    strips = [it for it in sample.items if it["kind"] == "page-image"]
+    assert strips and max(it["tokens"] for it in strips) <= 256 and all(it["doc_id"] for it in strips)  # provenance kept
+    messages = resolve_images(sample.messages, tmp_path / "ds")
+    images, _ = qwen_vl_utils.process_vision_info(messages)
+    proc = hf_processor(3136, 12845056)
+    ids = proc(text=[proc.apply_chat_template(messages, tokenize=False)], images=images, return_tensors="np")["input_ids"][0]
+    assert len(ids) == sample.total_tokens

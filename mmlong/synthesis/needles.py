@@ -82,28 +82,61 @@ def haystack(docs: Iterable[Document], target_tokens: int) -> list[Item]:
     return out
 
 
-def pool(docs: Iterable[Document], unit: str = "sentence", strip_digits: bool = False, tokenizer=None) -> list[Item]:
+def pool(docs: Iterable[Document], unit: str = "sentence", strip_digits: bool = False, tokenizer=None,
+         crop_tokens: int = 256, budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> list[Item]:
     """The haystack units of `docs`, in order, each with `meta["ref"]` naming the item it comes
-    from: whole items, or (unit="sentence") text items split into sentences. `strip_digits`
-    removes digits from the text (RULER's haystacks hold no numbers a needle could be
-    confused with)."""
-    if unit not in ("item", "sentence"):
-        raise ValueError(f"haystack unit must be item or sentence, got {unit!r}")
+    from: whole items, or (unit="sentence") text items split into sentences, or (unit="crop")
+    sentences and page images cut into horizontal strips of at most about `crop_tokens` tokens
+    (short haystacks of pages then place a needle within a few percent of its depth; needs the
+    documents with their images). `strip_digits` removes digits from the text (RULER's
+    haystacks hold no numbers a needle could be confused with)."""
+    if unit not in ("item", "sentence", "crop"):
+        raise ValueError(f"haystack unit must be item, sentence or crop, got {unit!r}")
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     out: list[Item] = []
     for doc in docs:
         for seq, item in enumerate(doc.items):
             meta = {**(item.meta or {}), "ref": image_ref(doc.doc_id, seq)}  # where it lives (images) or came from
+            if unit == "crop" and item.is_image and item.kind != VIDEO_FRAME and item.tokens > crop_tokens:
+                out += _crops(item, meta, crop_tokens, budget, doc.doc_id)
+                continue
             if item.is_image or (unit == "item" and not strip_digits):
                 out.append(replace(item, meta=meta))
                 continue
             text = item.text or ""
-            parts = [p.strip() for p in _SENTENCE_END.split(text)] if unit == "sentence" else [text]
+            parts = [p.strip() for p in _SENTENCE_END.split(text)] if unit != "item" else [text]
             if strip_digits:
                 parts = [" ".join(re.sub(r"\d", "", p).split()) for p in parts]
             parts = [p for p in parts if p]
             for part, n in zip(parts, tk.texts_tokens(parts, tok)):
                 out.append(replace(item, text=part, tokens=n, meta=meta))
+    return out
+
+
+def _crops(item: Item, meta: dict, max_tokens: int, budget: tk.PixelBudget, doc_id: str) -> list[Item]:
+    """An image cut into horizontal strips of equal height, each about `max_tokens` tokens or
+    fewer (a strip keeps the full width: lines of text stay whole where the cut allows)."""
+    import numpy as np
+    from PIL import Image
+
+    from mmlong.imaging import encode_pixels, to_rgb
+
+    if item.image is None:
+        raise ValueError(f"{doc_id}: crop haystacks need the page images (read the documents with images)")
+    image = to_rgb(Image.open(io.BytesIO(item.image)))
+    width, height = image.size
+    k = 1
+    while k < height // tk.FACTOR and tk.image_tokens(-(-height // k), width, budget) > max_tokens:
+        k += 1
+    edges = [round(i * height / k) for i in range(k + 1)]
+    x0, y0, x1, y1 = item.bbox or (0, 0, width, height)
+    out = []
+    for a, b in zip(edges, edges[1:]):
+        strip = np.asarray(image.crop((0, a, width, b)))
+        fmt = item.image_format or "png"
+        bbox = (x0, round(y0 + (y1 - y0) * a / height, 2), x1, round(y0 + (y1 - y0) * b / height, 2))
+        out.append(replace(item, image=encode_pixels(strip, fmt), image_format=fmt, width=width, height=b - a, bbox=bbox,
+                           tokens=tk.image_tokens(b - a, width, budget), meta={**meta, "crop": [a, b]}))
     return out
 
 
@@ -356,7 +389,7 @@ def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[floa
     from mmlong.store import atomic_write_text, iter_documents
 
     dataset = str(Path(dataset).resolve())
-    docs = list(iter_documents(Path(dataset), images=False))
+    docs = list(iter_documents(Path(dataset), images=unit == "crop"))
     if not docs or not any(d.items for d in docs):
         raise ValueError(f"{dataset}: no documents with items to build haystacks from")
     budget = tk.PixelBudget.from_options(docs[0].options)
@@ -366,7 +399,7 @@ def needle_dataset(dataset: str, out: str, lengths: list[int], depths: list[floa
             raise ValueError(f"{dataset}: video needles need documents of video frames")
     rng = random.Random(seed)
     tok = tk.load_tokenizer()
-    hay = Haystack(pool(docs, unit, strip_digits, tok))
+    hay = Haystack(pool(docs, unit, strip_digits, tok, budget=budget))
     samples = []
     for length, depth, variant in itertools.product(lengths, depths, variants):
         sample, _ = needle_sample(hay, NeedleSpec(variant, modality, depth, length, count), rng, dataset, budget, tok)
