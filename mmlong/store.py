@@ -54,6 +54,7 @@ from mmlong.schema import (
 ITEMS = "items"
 DOCUMENTS = "documents"
 STAGING = ".staging"
+ORPHANED = "orphaned"
 MANIFEST = "manifest.json"
 FAILURES = "failures.json"
 
@@ -110,6 +111,9 @@ class Files:
     documents: list[Path] = field(default_factory=list)
     items: list[Path] = field(default_factory=list)
     stale: list[Path] = field(default_factory=list)
+    orphaned: list[Path] = field(default_factory=list)
+    """Items shards no documents file commits whose documents are nowhere else (their
+    documents shard moved away, say): kept under ORPHANED, never deleted."""
 
 
 def _doc_ids(path: Path) -> list[str]:
@@ -155,8 +159,17 @@ def recover(root: Path) -> Files:
     if staging.is_dir():
         shutil.rmtree(staging)
     files = scan(root)
+    kept = {i for f in files.documents for i in _doc_ids(f)}
     for path in files.stale:
-        path.unlink(missing_ok=True)
+        if path.parent.name == ITEMS and _SHARD.match(path.name) and not set(_doc_ids(path)) <= kept:
+            # not a compaction's leftover (whose documents still are in parts): data a documents
+            # shard refers to, and that shard is gone. Keep it for the user to put back.
+            (root / ORPHANED).mkdir(exist_ok=True)
+            dest = root / ORPHANED / path.name
+            path.replace(dest)
+            files.orphaned.append(dest)
+        else:
+            path.unlink(missing_ok=True)
     for path in root.glob(".*.tmp"):
         path.unlink(missing_ok=True)
     files.stale = []
@@ -370,7 +383,7 @@ class DatasetWriter:
             }
         for sub in (ITEMS, DOCUMENTS):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        recover(self.root)
+        self.orphaned = recover(self.root).orphaned
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2))
         self.failures = read_failures(self.root)
         self.committed: dict[str, str] = {}

@@ -190,13 +190,13 @@ def _grow(mb: int) -> int:
 def test_tasks_past_their_time_or_memory_limit_fail_and_the_pool_goes_on():
     from mmlong.pool import LimitExceeded, Limits
 
-    with Pool(2, limits=Limits(seconds=1.5, memory_mb=600, what="render")) as pool:
-        for key, fn, arg in [("slow", _sleep, 30), ("beats", _beating, 5), ("big", _grow, 900), ("quick", _sleep, 0)]:
+    with Pool(2, limits=Limits(seconds=3, memory_mb=600, what="render")) as pool:  # beats: 4.5 s in all, 0.5 s apart
+        for key, fn, arg in [("slow", _sleep, 30), ("beats", _beating, 9), ("big", _grow, 900), ("quick", _sleep, 0)]:
             pool.submit(key, fn, arg)
         done = {}
         while len(pool):
             done.update({d.key: d for d in pool.wait()})
-    assert isinstance(done["slow"].error, LimitExceeded) and str(done["slow"].error) == "render exceeded 1.5 s"
+    assert isinstance(done["slow"].error, LimitExceeded) and str(done["slow"].error) == "render exceeded 3 s"
     assert isinstance(done["big"].error, LimitExceeded) and "render exceeded 600 MB of memory" in str(done["big"].error)
     assert done["beats"].result == "beat" and done["quick"].result == "slept"  # progress resets the clock
 

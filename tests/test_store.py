@@ -155,6 +155,21 @@ def test_kill_during_compaction_after_commit(tmp_path):
     assert sorted(p.name for p in (root / "documents").iterdir()) == ["shard-00001.parquet"]
 
 
+def test_items_of_a_documents_shard_moved_away_are_kept_not_deleted(tmp_path):
+    """No compaction left them: their documents are in no documents file. A resume keeps them
+    (under orphaned/) and says so; putting both back restores the dataset."""
+    root, _ = compacted_keeping_parts(tmp_path)
+    moved = tmp_path / "moved.parquet"
+    shutil.move(root / "documents" / "shard-00001.parquet", moved)
+    before = pq.read_table(root / "items" / "shard-00001-000.parquet")
+    files = store.recover(root)
+    (kept,) = files.orphaned
+    assert kept == root / "orphaned" / "shard-00001-000.parquet" and pq.read_table(kept).equals(before)
+    shutil.move(kept, root / "items" / kept.name)
+    shutil.move(moved, root / "documents" / "shard-00001.parquet")
+    assert [d.doc_id for d in store.iter_documents(root)] == ["doc0001", "doc0002"]
+
+
 def test_compact_on_its_own(tmp_path):
     root = tmp_path / "ds"
     write_docs(root, [1, 2], close=False)

@@ -164,6 +164,9 @@ def ingest(
     report = IngestReport(out=Path(out))
     files, missing = expand_inputs(paths)
     show = _Progress(progress, len(files))
+    for path in writer.orphaned:
+        show.print(f"warning {path}: items of documents no documents file lists (a documents shard moved away?), kept "
+                   f"here, not deleted: put the documents shard back, or remove this file")
     for p, reason in missing.items():
         report.failed[p] = reason
         writer.fail(p, reason)
