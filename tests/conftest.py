@@ -248,16 +248,18 @@ BITS = 12
 SCENES = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
 
 
-def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_seconds: float | None = None):
-    """An x264 video whose every frame shows its index as BITS binary squares, in scenes of solid colour."""
+def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_seconds: float | None = None,
+               pts_step: int = 1, codec: str = "libx264"):
+    """An x264 video whose every frame shows its index as BITS binary squares, in scenes of solid colour.
+    `pts_step` > 1 leaves gaps between frame timestamps: an AVI stores them as null frames."""
     import av
     import numpy as np
 
     w, h = size
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": str(fps * 5)}
+        stream.options = {"preset": "ultrafast", "g": str(fps * 5)} if codec == "libx264" else {"qscale": "2"}
         for i in range(int(seconds * fps)):
             scene = int(i / fps // scene_seconds) if scene_seconds else 0
             img = np.full((h, w, 3), SCENES[scene % len(SCENES)], np.uint8)
@@ -265,7 +267,9 @@ def make_video(path, seconds: float, fps: int = 10, size=(320, 180), scene_secon
             for b in range(BITS):
                 x = side // 2 + b * (side + 2)
                 img[side // 2 : side // 2 + side, x : x + side] = 255 if (i >> b) & 1 else 0
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i * pts_step
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

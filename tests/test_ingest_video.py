@@ -75,6 +75,26 @@ def test_sampled_frames_are_exactly_the_planned_ones(minute, tmp_path, reader):
     assert doc.kind == "video" and doc.vision_tokens == 60 * tk.image_tokens(252, 448)
 
 
+@pytest.mark.parametrize("reader", ["pyav", "opencv", "decord"])
+def test_null_frames_are_not_frames_and_every_reader_agrees(tmp_path, reader):
+    """An AVI whose timestamps skip two of every three frame slots: its header counts 298
+    frames, 100 decode. The frame count is the decodable one (decord's, so qwen-vl-utils'),
+    every reader returns the k-th decoded frame for index k, at its real time."""
+    import decord
+
+    path = make_video(tmp_path / "gaps.avi", 10, pts_step=3, codec="mpeg4")
+    info = probe(path)
+    assert info["total_frames"] == len(decord.VideoReader(str(path))) == 100 and info["null_frames"] == 198
+    opts = IngestOptions(video=VideoOptions(reader=reader, fps=1.0))
+    report = ingest([str(path)], tmp_path / "ds", options=opts, workers=1, progress=False, chunk_frames=4)
+    assert report.ok and report.frames == 10
+    doc = next(iter(store.iter_documents(tmp_path / "ds")))
+    frames = [it for it in doc.items if it.kind == VIDEO_FRAME]
+    assert doc.metadata["indices"] == torch.linspace(0, 99, 10).round().long().tolist()
+    assert [frame_index(f.image) for f in frames] == doc.metadata["indices"]
+    assert [f.timestamp for f in frames] == pytest.approx([i * 0.3 for i in doc.metadata["indices"]])
+
+
 def test_decord_timeout_falls_back_to_pyav(minute, tmp_path):
     opts = IngestOptions(video=VideoOptions(reader="decord", decord_timeout=1e-6, fps=0.5))
     assert ingest([str(minute)], tmp_path / "ds", options=opts, workers=1, progress=False).ok

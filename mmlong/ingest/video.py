@@ -76,7 +76,13 @@ class Cue:
 
 
 def probe(path: Path) -> dict[str, Any]:
-    """Frame count, fps, size and duration of the first video stream; IngestError if none."""
+    """Frame count, fps, size and duration of the first video stream; IngestError if none.
+
+    The frame count is the number of decodable frames, as decord (and so qwen-vl-utils)
+    counts them: an AVI stores a dropped or repeated frame as an empty "null" packet that its
+    header counts and no decoder returns (444 by the header, 68 decodable, on one real file).
+    Such a file records `null_frames`, and its frames are then read by decoding in order
+    (frame k is the k-th decoded one) instead of by timestamp; its duration stays the real one."""
     import av
 
     if not path.is_file():
@@ -90,14 +96,19 @@ def probe(path: Path) -> dict[str, Any]:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
-            frames = stream.frames or int(round(duration * fps))
+            header = stream.frames
             width, height = stream.codec_context.width, stream.codec_context.height
+            decodable = sum(1 for packet in container.demux(stream) if packet.size)
+            frames = header or decodable or int(round(duration * fps))
     except av.error.FFmpegError as e:
         raise IngestError(f"corrupt video: {e}") from None
     if fps <= 0 or frames <= 0 or not width or not height:
         raise IngestError(f"unreadable video stream ({frames} frames at {fps:g} fps, {width}x{height})")
-    return {"total_frames": frames, "video_fps": round(fps, 6), "width": width, "height": height,
+    info = {"total_frames": frames, "video_fps": round(fps, 6), "width": width, "height": height,
             "duration": round(frames / fps, 3)}
+    if header and 0 < decodable < header:  # null frames: count what decodes (decord's count), keep the real duration
+        info.update(total_frames=decodable, null_frames=frames - decodable)
+    return info
 
 
 def frame_indices(total: int, n: int) -> list[int]:
@@ -301,6 +312,7 @@ def _read_decord(path: str, wanted: list[int], fps: float, size: tuple[int, int]
         try:
             vr = decord.VideoReader(path, width=w, height=h, num_threads=1)
             result["frames"] = vr.get_batch(wanted).asnumpy()
+            result["times"] = vr.get_frame_timestamp(wanted)  # (start, end) seconds of each frame
         except Exception as e:  # handed to the caller's thread
             result["error"] = e
 
@@ -309,13 +321,40 @@ def _read_decord(path: str, wanted: list[int], fps: float, size: tuple[int, int]
     worker.join(timeout)
     if worker.is_alive() or "error" in result:
         raise TimeoutError(f"decord: {result.get('error', f'no answer in {timeout:g}s')}")
-    for target, rgb in zip(wanted, result["frames"]):
-        yield target, target / fps, rgb
+    for target, rgb, (t, _) in zip(wanted, result["frames"], result["times"]):
+        yield target, float(t), rgb
 
 
-def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int], opts: VideoOptions):
+def _read_in_order(path: str, wanted: list[int], size: tuple[int, int], fps: float):
+    """Frame k = the k-th decoded frame (files with null frames, where timestamps skip the
+    frames that never decode), seconds from its own timestamp."""
+    import av
+
+    h, w = size
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        base, tb = stream.start_time or 0, float(stream.time_base)
+        todo = list(wanted)
+        for position, frame in enumerate(_decoded(container.decode(stream), -1, fps)):
+            if not todo:
+                return
+            if position < todo[0]:
+                continue
+            t = (frame.pts - base) * tb if frame.pts is not None else position / fps
+            rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+            while todo and todo[0] <= position:
+                yield todo.pop(0), t, rgb
+        if todo:
+            raise IngestError(f"video ends before frame {todo[0]} (truncated or damaged)")
+
+
+def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int], opts: VideoOptions,
+                in_order: bool = False):
     """Frames at `wanted` indices as (index, seconds, RGB array of `size`), by the chosen reader;
-    decord falls back to PyAV when it fails or hangs."""
+    decord falls back to PyAV when it fails or hangs. `in_order` (a file with null frames):
+    indices count decoded frames, as decord's do; PyAV and OpenCV then decode in order."""
+    if in_order and opts.reader != "decord":
+        return list(_read_in_order(path, wanted, size, fps))
     if opts.reader == "opencv":
         return list(_read_opencv(path, wanted, fps, size, opts.seek_after))
     if opts.reader == "decord":
@@ -323,6 +362,8 @@ def read_frames(path: str, wanted: list[int], fps: float, size: tuple[int, int],
             return list(_read_decord(path, wanted, fps, size, opts.decord_timeout))
         except Exception:
             pass
+    if in_order:
+        return list(_read_in_order(path, wanted, size, fps))
     return list(_read_pyav(path, wanted, fps, size, opts.seek_after))
 
 
@@ -335,7 +376,7 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
     size = (meta["height"], meta["width"])
     fps = meta["video_fps"]
     wanted = indices[max(0, start - 1) : stop]  # one frame before the chunk, for its first distance
-    frames = read_frames(path, wanted, fps, size, opts)
+    frames = read_frames(path, wanted, fps, size, opts, in_order=bool(meta.get("null_frames")))
     if len(frames) != len(wanted):
         raise IngestError(f"decoded {len(frames)} of {len(wanted)} frames")
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
