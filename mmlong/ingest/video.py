@@ -98,7 +98,7 @@ def probe(path: Path) -> dict[str, Any]:
             duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
             header = stream.frames
             width, height = stream.codec_context.width, stream.codec_context.height
-            decodable = sum(1 for packet in container.demux(stream) if packet.size)
+            decodable = _decodable(container, stream)
             frames = header or decodable or int(round(duration * fps))
     except av.error.FFmpegError as e:
         raise IngestError(f"corrupt video: {e}") from None
@@ -109,6 +109,17 @@ def probe(path: Path) -> dict[str, Any]:
     if header and 0 < decodable < header:  # null frames: count what decodes (decord's count), keep the real duration
         info.update(total_frames=decodable, null_frames=frames - decodable)
     return info
+
+
+def _decodable(container, stream) -> int:
+    """Non-empty packets of the stream (demuxed, not decoded); 0 where demuxing fails (a cut-off
+    file: decoding then says how far it got)."""
+    import av
+
+    try:
+        return sum(1 for packet in container.demux(stream) if packet.size)
+    except av.error.FFmpegError:
+        return 0
 
 
 def frame_indices(total: int, n: int) -> list[int]:
