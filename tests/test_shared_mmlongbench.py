@@ -66,6 +66,7 @@ def test_synth_on_real_pdfs_has_valid_anchors_and_evidence(tmp_path):
     from mmlong.samples import NOT_ANSWERABLE, read_samples
     from mmlong.synthesis.run import synth
     from mmlong.synthesis.template import TemplateWriter
+    from mmlong.text import join_lines
 
     names = ["2312.10997v5.pdf", "watch_d.pdf", "san-francisco-11-contents.pdf", "05-03-18-political-release.pdf"]
     report = ingest([str(SHARED_DOC / "documents" / n) for n in names], tmp_path / "ds", preset="pdf-text", progress=False)
@@ -84,7 +85,7 @@ def test_synth_on_real_pdfs_has_valid_anchors_and_evidence(tmp_path):
             assert s.evidence_pages == []
             continue
         assert s.evidence_pages and all(first <= p <= last for p in s.evidence_pages)
-        page_text = lambda p: " ".join(pdf[p - 1].get_text().split())  # noqa: E731
+        page_text = lambda p: join_lines(pdf[p - 1].get_text())  # noqa: E731  (questions join line-break hyphens too)
         if s.kind == "section-start":
             assert [p for _, t, p in pdf.get_toc() if t.strip() == s.anchor.split('"')[1]] == [answer]
         elif s.kind == "sentence-page":
