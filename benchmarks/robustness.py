@@ -40,7 +40,9 @@ def _pdf(path: Path, pages: int, size=(595, 842)) -> None:
     doc.save(path)
 
 
-def _nested_forms(path: Path, depth: int = 14, fan: int = 4) -> None:
+def nested_forms(path: Path, depth: int = 14, fan: int = 4) -> None:
+    """A 2 KB PDF whose page draws a Form XObject that draws the next `fan` times, `depth`
+    deep: fan^depth draw calls (4^12: minutes of rendering). tests/test_robustness.py uses it."""
     doc = pymupdf.open()
     page = doc.new_page(width=200, height=200)
     prev = doc.get_new_xref()
@@ -89,7 +91,7 @@ def make_inputs(d: Path) -> dict[str, str]:
     (d / "cycle.pdf").write_bytes(
         b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[2 0 R 3 0 R]/Count 2>>endobj\n"
         b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
-    _nested_forms(d / "nested-forms.pdf")
+    nested_forms(d / "nested-forms.pdf")
     doc = pymupdf.open(d / "good-1.pdf")
     doc.save(d / "encrypted.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="secret", owner_pw="owner")
     want.update({n: "bad" for n in ["empty.pdf", "text.pdf", "garbage.pdf", "cut.pdf", "cycle.pdf", "nested-forms.pdf",

@@ -159,9 +159,10 @@ def recover(root: Path) -> Files:
     if staging.is_dir():
         shutil.rmtree(staging)
     files = scan(root)
-    kept = {i for f in files.documents for i in _doc_ids(f)}
+    shards = [p for p in files.stale if p.parent.name == ITEMS and _SHARD.match(p.name)]
+    kept = {i for f in files.documents for i in _doc_ids(f)} if shards else set()  # read only when needed
     for path in files.stale:
-        if path.parent.name == ITEMS and _SHARD.match(path.name) and not set(_doc_ids(path)) <= kept:
+        if path in shards and not set(_doc_ids(path)) <= kept:
             # not a compaction's leftover (whose documents still are in parts): data a documents
             # shard refers to, and that shard is gone. Keep it for the user to put back.
             (root / ORPHANED).mkdir(exist_ok=True)

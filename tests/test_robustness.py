@@ -18,6 +18,7 @@ from mmlong import store
 from mmlong.errors import DatasetError
 from mmlong.ingest import ingest
 from mmlong.pool import Pool, TaskError
+from benchmarks.robustness import nested_forms
 from tests.conftest import LOREM, ROOT, write_pdf
 
 
@@ -199,30 +200,6 @@ def test_tasks_past_their_time_or_memory_limit_fail_and_the_pool_goes_on():
     assert isinstance(done["slow"].error, LimitExceeded) and str(done["slow"].error) == "render exceeded 3 s"
     assert isinstance(done["big"].error, LimitExceeded) and "render exceeded 600 MB of memory" in str(done["big"].error)
     assert done["beats"].result == "beat" and done["quick"].result == "slept"  # progress resets the clock
-
-
-def nested_forms(path: Path, depth: int, fan: int = 4) -> None:
-    """A 2 KB PDF whose page draws a Form XObject that draws the next `fan` times, `depth`
-    deep: fan^depth draw calls (4^12: minutes of rendering)."""
-    import pymupdf
-
-    doc = pymupdf.open()
-    page = doc.new_page(width=200, height=200)
-    prev = doc.get_new_xref()
-    doc.update_object(prev, "<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] >>")
-    doc.update_stream(prev, b"0 0 m 200 200 l S")
-    for _ in range(depth):
-        x = doc.get_new_xref()
-        doc.update_object(x, f"<< /Type /XObject /Subtype /Form /BBox [0 0 200 200] /Resources << /XObject << /X {prev} 0 R >> >> >>")
-        doc.update_stream(x, b" ".join([b"/X Do"] * fan))
-        prev = x
-    res, content = doc.get_new_xref(), doc.get_new_xref()
-    doc.update_object(res, f"<< /XObject << /B {prev} 0 R >> >>")
-    doc.update_object(content, "<< >>")
-    doc.update_stream(content, b"/B Do")
-    doc.xref_set_key(page.xref, "Resources", f"{res} 0 R")
-    doc.xref_set_key(page.xref, "Contents", f"{content} 0 R")
-    doc.save(path)
 
 
 def test_a_pdf_that_renders_forever_fails_alone(tmp_path):
