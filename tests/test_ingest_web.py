@@ -211,7 +211,7 @@ def doc_site(root, pages: int = 3):
             (root / "img" / f"p{p}-{k}.png").write_bytes(png_bytes(80, 60, (40 * k, 90, 200), label=f"{p}.{k}"))
         (root / f"page{p}.html").write_text(f"""<html><head><title>Manual {p}</title></head><body>
 <div class="navheader">Next: page{p + 1} / Previous: page{p - 1} / Up: index</div>
-<nav><a href="index.html">Home</a> | <a href="x.html">About</a></nav>
+<nav><a href="index.html"><img src="img/line.png" alt="logo">Home</a> | <a href="x.html">About</a></nav>
 <div id="content"><h1>Chapter {p}</h1><p>This chapter explains the configuration of the harbour crane number {p} in detail.</p>
 <h2>Parts</h2><ol><li>Open the lid. <img src="img/p{p}-0.png" alt="lid {p}"></li>
 <li>Check the cables:<ul><li>the red cable of crane {p}</li><li>the blue cable of crane {p}</li></ul></li></ol>
@@ -239,6 +239,7 @@ def test_documentation_site_keeps_figures_headings_and_each_text_once(tmp_path):
         assert joined.count(f"the red cable of crane {p}") == 1  # the nested list once
         assert "crane --start\ncrane --lift 20" in joined  # the code block's line breaks
         assert "Next:" not in joined and "Home" not in joined  # navigation is not content
+        assert any(w.startswith("1 images outside the main content left out: img/line.png") for w in doc.metadata["warnings"])
         line = Image.open(io.BytesIO(figures[3].image)).convert("RGB")
         assert line.getpixel((5, 5)) == (255, 255, 255) and sum(line.getpixel((5, 20))) < 100  # white ground, black line
 
@@ -280,3 +281,31 @@ def test_html_oddities_fail_only_themselves(tmp_path):
     doc = next(iter(store.iter_documents(tmp_path / "ds")))
     assert [it.meta["src"] for it in doc.items if it.kind == FIGURE] == ["ok.png"]
     assert len(doc.metadata["warnings"]) == 2
+
+
+def test_lines_on_most_pages_of_a_site_are_navigation(tmp_path):
+    """Prev/Next lines inside the main content, unmarked, naming other pages on every page:
+    they stand on most pages of the site, so they are left out (and said so); content that
+    only looks alike (a sentence with a link in it) stays."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for p in range(5):
+        (root / f"node{p}.html").write_text(f"""<html><body><div id="content">
+<p>Next: <a href="node{p + 1}.html">Section {p + 1}</a>, Previous: <a href="node{p - 1}.html">Section {p - 1}</a>,
+Up: <a href="index.html">Top</a></p>
+<h1>Section {p}</h1><p>Section {p} tells how the pump number {p} is primed before the first start.</p>
+<p>The valve of pump {p} is described in <a href="v{p}.html">its own chapter</a>, with drawings.</p>
+</div></body></html>""")
+    ingest([str(root)], tmp_path / "ds", preset="web-interleaved", workers=1, progress=False)
+    docs = list(store.iter_documents(tmp_path / "ds", images=False))
+    assert len(docs) == 5
+    for doc in docs:
+        text = "\n".join(it.text for it in doc.items if it.kind == TEXT)
+        assert "Next:" not in text and "is primed before the first start" in text and "its own chapter" in text
+        assert any("most pages of the site" in w for w in doc.metadata["warnings"])
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "node1.html").write_text((root / "node1.html").read_text())
+    ingest([str(alone)], tmp_path / "one", preset="web-interleaved", workers=1, progress=False)
+    doc = next(iter(store.iter_documents(tmp_path / "one", images=False)))
+    assert "Next:" in doc.items[0].text  # one page is no site: nothing repeats

@@ -19,7 +19,7 @@ BLOCK = {"address", "article", "aside", "blockquote", "body", "caption", "center
 SKIP = {"script", "style", "noscript", "template", "iframe", "object", "embed", "form", "button", "select", "svg",
         "canvas", "head", "input", "textarea"}
 CHROME_TAGS = {"nav", "header", "footer", "aside"}
-CHROME = re.compile(r"(?:^|[\s_-])(nav|navbar|navigation|docnav|breadcrumbs?|menu|banner|skip|toc|footer|header|"
+CHROME = re.compile(r"(?:^|[\s_-])(nav|navbar|navheader|navfooter|navigation|docnav|breadcrumbs?|menu|banner|skip|toc|footer|header|"
                     r"masthead|related|share|social|cookie)(?:$|[\s_-])", re.I)
 MAIN = ("main", "[role=main]", "#content", "#main-content", ".main-content", "#main", "div.body", "div.document")
 
@@ -34,6 +34,13 @@ class Block:
     alt: str = ""
     caption: str = ""
     level: int | None = None
+    shape: str = ""
+    """The text with each link's text as "<a>" when links make a third of it or more and words
+    of its own stand around them ("Next: <a> / Previous: <a>"), else the text: what repeats from
+    page to page in a site's navigation."""
+
+    def __post_init__(self) -> None:
+        self.shape = self.shape or self.text
 
 
 @dataclass
@@ -41,12 +48,25 @@ class _Walk:
     blocks: list[Block] = field(default_factory=list)
     buffer: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=lambda: ["p"])
+    shape: list[str] = field(default_factory=list)
+    links: int = 0
+    """How many links the walk is inside."""
+
+    def text(self, text: str) -> None:
+        self.buffer.append(text)
+        if not self.links:
+            self.shape.append(text)
 
     def flush(self) -> None:
         text = " ".join("".join(self.buffer).split())
+        outside = " ".join("".join(self.shape).split())
         self.buffer.clear()
+        self.shape.clear()
         if text:
-            self.blocks.append(Block(self.tags[-1], text))
+            words = outside.replace("<a>", "")
+            linked = len(text) - len(words)  # words of its own ("Next:") and links for a third or more
+            shaped = 3 * linked >= len(text) and re.search(r"[^\W\d_]{2,}", words)
+            self.blocks.append(Block(self.tags[-1], text, shape=outside if shaped else text))
 
 
 def _is_chrome(node, main_only: bool) -> bool:
@@ -119,23 +139,24 @@ def _image(node, w: _Walk) -> None:
 def _walk(root, w: _Walk, main_only: bool) -> None:
     """Blocks of `root`'s subtree into `w`, depth first with a stack of its own (markup nested
     thousands deep is no recursion limit)."""
-    stack = [(root.iter(include_text=True), False)]  # children left, and whether leaving them ends a block
+    stack = [(root.iter(include_text=True), False, False)]  # children left; leaving them ends a block, a link
     while stack:
-        children, ends_block = stack[-1]
+        children, ends_block, link = stack[-1]
         child = next(children, None)
         if child is None:
             stack.pop()
             if ends_block:
                 w.flush()
                 w.tags.pop()
+            w.links -= link
             continue
         tag = child.tag
         if tag == "-text":
-            w.buffer.append(child.text_content or "")
+            w.text(child.text_content or "")
         elif tag in SKIP or tag.startswith("#") or _is_chrome(child, main_only):
             continue
         elif tag == "br":
-            w.buffer.append(" ")
+            w.text(" ")
         elif tag == "img":
             _image(child, w)
         elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
@@ -158,9 +179,12 @@ def _walk(root, w: _Walk, main_only: bool) -> None:
         elif tag in BLOCK:
             w.flush()
             w.tags.append(tag if tag in ("li", "dt", "dd", "blockquote", "td", "th") else w.tags[-1] if tag == "div" else tag)
-            stack.append((child.iter(include_text=True), True))
+            stack.append((child.iter(include_text=True), True, False))
         else:  # inline: its text joins the block it stands in
-            stack.append((child.iter(include_text=True), False))
+            if tag == "a" and not w.links:
+                w.shape.append("<a>")
+            w.links += tag == "a"
+            stack.append((child.iter(include_text=True), False, tag == "a"))
 
 
 def _norm(text: str) -> str:
@@ -209,8 +233,9 @@ def main_region(tree, html: str):
     return node if node is not None and node.tag not in ("html", "#document") else body
 
 
-def blocks(html: str, main_only: bool = True) -> list[Block]:
-    """The page's blocks in DOM order: its main-content region (`main_only`), else the body."""
+def blocks(html: str, main_only: bool = True, outside: list[str] | None = None) -> list[Block]:
+    """The page's blocks in DOM order: its main-content region (`main_only`), else the body.
+    `outside` gets the sources of the body's images that the region leaves out."""
     from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(html)
@@ -223,4 +248,7 @@ def blocks(html: str, main_only: bool = True) -> list[Block]:
     else:
         _walk(region, w, main_only)
     w.flush()
+    if outside is not None and tree.body is not None and region is not tree.body:
+        inside = {img.mem_id for img in ([region] if region.tag == "img" else region.css("img"))}
+        outside += [img.attributes.get("src") or "" for img in tree.body.css("img") if img.mem_id not in inside]
     return w.blocks

@@ -4,7 +4,9 @@ Interleaved (`dom`): the main content in DOM order: headings (with their level),
 list items (each text once), code blocks (line breaks kept) and tables (rows as " | "-joined
 cells) as text, every image where it stands (in lists and tables too) as a figure item with
 its alt text and caption, the caption also following it as text. Scripts, styles, navigation
-and boilerplate are left out; every image skipped is listed in the warnings with the reason. Images resolve
+and boilerplate are left out, and so are short lines that stand on most pages of a site (a
+folder of 4+ pages: "Next: / Previous: / Up:" lines the markup does not mark as navigation);
+every line and image left out is listed in the warnings with the reason. Images resolve
 relative to the page: files inside the page's own folder, data: URIs, and http(s) only with
 `allow_network`; anything else is skipped with a warning in the document's metadata.
 
@@ -18,9 +20,11 @@ cut into tiles of at most `max_pixels`.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +161,36 @@ def _fetch_image(src: str, page: Path, inline: dict[str, str], opts: HtmlOptions
     return target.read_bytes(), ""
 
 
+SITE_PAGES = 4
+"""A folder of at least this many pages is a site whose repeated lines are navigation."""
+
+
+def site_repeats(folder: Path, opts: HtmlOptions) -> frozenset[str]:
+    """Short lines that stand on most pages of a site (the webpages of one folder, at least
+    SITE_PAGES), by their `dom.Block.shape`: navigation the markup does not mark ("Next: <a> /
+    Previous: <a> / Up: <a>" whichever pages the links name, a repeated site title). Read from
+    the whole body of every page, once per process and folder state."""
+    pages = sorted(p for p in folder.iterdir() if p.suffix.lower() in HTML_SUFFIXES and p.is_file())
+    if len(pages) < SITE_PAGES:
+        return frozenset()
+    return _repeats(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in pages), opts.max_bytes)
+
+
+@functools.lru_cache(maxsize=8)
+def _repeats(pages: tuple[tuple[str, int, int], ...], max_bytes: int) -> frozenset[str]:
+    counts: Counter[str] = Counter()
+    for name, _, size in pages:
+        if size > max_bytes:
+            continue
+        try:
+            html, _ = read_html(Path(name), HtmlOptions(max_bytes=max_bytes))
+            counts.update({b.shape for b in dom.blocks(_DATA_SRC.sub('src=""', html), main_only=False)
+                           if b.tag not in ("img", "pre") and len(b.text) <= 200})
+        except (IngestError, RecursionError, ValueError):  # a bad page is its own document's error
+            continue
+    return frozenset(text for text, n in counts.items() if n > len(pages) / 2)
+
+
 def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: str | None = None,
                tokenizer=None) -> tuple[list[Item], dict[str, Any]]:
     """Items of one page (interleaved mode) and its metadata (title, warnings); `base_url`
@@ -173,12 +207,23 @@ def page_items(path: Path, opts: HtmlOptions, budget: tk.PixelBudget, base_url: 
 
     html = _DATA_SRC.sub(stash, html)
     try:
-        found = dom.blocks(html, opts.main_content)
+        outside: list[str] = []
+        found = dom.blocks(html, opts.main_content, outside)
     except (RecursionError, ValueError) as e:
         raise IngestError(f"unparseable HTML: {type(e).__name__}: {e}") from None
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
+    if outside:
+        warnings.append(f"{len(outside)} images outside the main content left out: "
+                        + ", ".join(src[:60] or "(no source)" for src in outside[:5]))
+    repeated = site_repeats(path.parent, opts) if opts.main_content and base_url is None else frozenset()
+    left_out = [b for b in found if b.tag != "img" and b.shape in repeated]
+    if left_out:
+        warnings.append(f"{len(left_out)} lines that stand on most pages of the site left out as navigation: "
+                        + "; ".join(b.text[:60] for b in left_out[:3]))
     items: list[Item] = []
     for block in found:
+        if block.tag != "img" and block.shape in repeated:
+            continue
         if block.tag != "img":
             meta = {"tag": block.tag, **({"level": block.level} if block.level else {})}
             items.append(Item(TEXT, text=block.text, tokens=tk.text_tokens(block.text, tok), meta=meta))
