@@ -61,5 +61,6 @@ def add_train_commands(sub) -> None:
     p.add_argument("--max-length", type=int, help="check: window length for samples files")
     p.add_argument("--windows", type=int, default=4, help="check: windows compared")
     p.add_argument("--tolerance", type=float, default=1e-4, help="check: largest logit / loss difference allowed")
-    p.add_argument("--attn", default="sdpa", help="check: attention implementation (sdpa, eager, flash_attention_2)")
+    p.add_argument("--attn", default="sdpa_packed",
+                   help="check: attention implementation (sdpa_packed, sdpa, eager, flash_attention_2)")
     p.set_defaults(func=cmd_train)

@@ -26,8 +26,9 @@ class ModelSettings:
     """RoPE scaling, e.g. {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
     or {"rope_type": "linear", "factor": 4.0}; mrope_section is kept."""
     max_position_embeddings: int | None = None
-    attn_implementation: str = "sdpa"
-    """sdpa, eager or flash_attention_2 (packing is isolated by position ids in each)."""
+    attn_implementation: str = "sdpa_packed"
+    """sdpa_packed (SDPA on each packed sample alone, `mmlong.train.attention`), sdpa, eager or
+    flash_attention_2; packed samples are kept apart by their position ids in each."""
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing of every decoder layer."""
@@ -120,7 +121,11 @@ def build_model(settings: ModelSettings):
     import torch
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
+    from mmlong.train import attention
+
     dtype = getattr(torch, settings.dtype)
+    if settings.attn_implementation == attention.NAME:
+        attention.register()
     if settings.path is not None:
         model = AutoModelForImageTextToText.from_pretrained(settings.path, dtype=dtype,
                                                             attn_implementation=settings.attn_implementation)
