@@ -4,6 +4,7 @@ retries and errors, reports, the score contract."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from mmlong.eval.models import LocalModel, ServerModel
 from mmlong.eval.run import choice, evaluate, needle_score, read_records
+from mmlong.eval.score import JUDGE_PROMPT
 from mmlong.eval.serve import respond
 from tests.conftest import ROOT, ChatServer, completion, make_video, write_pdf
 
@@ -84,6 +86,9 @@ def test_cached_rerun_and_resume_after_interruption(local, tmp_path):
         def protocol(self):
             return local.protocol()
 
+        def cache_key(self):
+            return local.cache_key()
+
         def generate(self, prompts, n):
             calls.append(len(prompts))
             if len(calls) == 3:
@@ -101,6 +106,44 @@ def test_cached_rerun_and_resume_after_interruption(local, tmp_path):
     assert [r["response"] for r in again["records"]] == [r["response"] for r in report["records"]]
     with pytest.raises(ValueError, match="another protocol"):
         evaluate("needle-tiny", local, tmp_path / "run", {**NEEDLES, "needles.seed": 99}, progress=False)
+
+
+def test_resume_retries_failures_and_mends_a_torn_line(local, tmp_path):
+    class Flaky:
+        """The real local model, whose first reply fails (a refusing server, say)."""
+        name, batch_size, failed = local.name, 1, False
+
+        def protocol(self):
+            return local.protocol()
+
+        def cache_key(self):
+            return local.cache_key()
+
+        def generate(self, prompts, n):
+            if not Flaky.failed:
+                Flaky.failed = True
+                return [ConnectionError("refused")] + local.generate(prompts[1:], n)
+            return local.generate(prompts, n)
+
+    first = evaluate("needle-tiny", Flaky(), tmp_path / "run", NEEDLES, progress=False)
+    assert first["summary"]["errors"] == 1
+    path = tmp_path / "run" / "records.jsonl"
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"id": "cut off mid-wri')  # a write killed half-way
+    again = evaluate("needle-tiny", local, tmp_path / "run", NEEDLES, progress=False)
+    assert again["summary"]["errors"] == 0 and again["cache"] == {"hits": 0, "misses": 1}  # only the failure re-asked
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 9 and len(read_records(path)) == 9  # the torn line is gone, nothing after it lost
+    assert {json.loads(line)["protocol"] for line in lines} == {again["protocol"]["sha256"]}
+
+    class Retrained(Flaky):
+        """Other weights under the same name: the cache must not answer for them."""
+
+        def cache_key(self):
+            return {**local.cache_key(), "sha256": "0" * 64}
+
+    other = evaluate("needle-tiny", Retrained(), tmp_path / "other", NEEDLES, progress=False, cache=tmp_path / "run")
+    assert other["cache"] == {"hits": 0, "misses": 8}
 
 
 def test_server_retries_timeouts_and_a_malformed_reply(tmp_path):
@@ -144,19 +187,59 @@ def test_longdoc_vqa_whole_documents_with_budgets(local, benchmark, tmp_path):
     assert s["items"] == 3 and {"acc", "f1", "breakdowns"} <= set(s)
     assert {"Single-page", "Cross-page", "Unanswerable"} <= set(s["breakdowns"]["pages"])
     assert [r["pages_kept"] for r in report["records"]] == [4, 2, 4] and p["data"]["dpi"] == 24
+    md = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "## accuracy by evidence_sources" in md and "| Table |" in md  # breakdowns as tables, not only bars
+    assert (tmp_path / "run" / "breakdown_pages.png").is_file() and len(p["model"]["chat_template_sha256"]) == 64
     small = evaluate("longdoc-vqa", local, tmp_path / "small", {**data, "longdoc.max_tokens": 300}, progress=False)
     assert all(r["prompt_tokens"] <= 300 for r in small["records"]) and small["records"][0]["pages_kept"] < 4
+    three = evaluate("longdoc-vqa", local, tmp_path / "three", {**data, "longdoc.max_pages": 3}, progress=False)
+    assert [r["pages_kept"] for r in three["records"]] == [3, 2, 3] and three["protocol"]["data"]["max_pages"] == 3
     concat = evaluate("longdoc-vqa", local, tmp_path / "concat", {**data, "longdoc.concat": 2}, progress=False)
     assert concat["records"][0]["prompt_tokens"] != report["records"][0]["prompt_tokens"]
+
+
+def test_judge_extracts_answers_over_the_chat_api(local, benchmark, tmp_path):
+    """extractor: judge sends each response with its question to a judge model (the benchmark's
+    extraction prompt) and scores what the judge extracted."""
+    def judge(body):
+        question = body["messages"][1]["content"].split("Question:")[1].split("\n")[0]
+        answer = {"What value is on page 3?": "22", "Who wrote it?": "Not answerable"}.get(question)
+        text = f"Extracted answer: {answer}\nAnswer format: String" if answer else "Answer format: List"
+        return 200, {}, completion(text), 0
+
+    with ChatServer([], judge) as srv:
+        data = {"longdoc.samples": str(benchmark / "samples.json"), "longdoc.documents": str(benchmark / "documents"),
+                "longdoc.dpi": 24, "max_new_tokens": 4, "extractor": "judge", "judge_base_url": srv.url,
+                "judge_model": "judge-m"}
+        report = evaluate("longdoc-vqa", local, tmp_path / "run", data, progress=False)
+    assert [body["messages"][0]["content"] for _, _, body in srv.received] == [JUDGE_PROMPT] * 3
+    assert [r["pred"] for r in report["records"]] == ["22", "Not answerable", "Failed to extract"]
+    assert [r["score"] for r in report["records"]] == [1.0, 1.0, 0.0]
+    assert report["protocol"]["extractor"] == {"kind": "judge", "judge_model": "judge-m"}
 
 
 def test_video_qa_and_vision_text_compression(local, tmp_path):
     make_video(tmp_path / "clip.mp4", 12, scene_seconds=6)
     (tmp_path / "q.json").write_text(json.dumps([{"video": "clip.mp4", "question": "Which colour comes first?",
                                                   "options": ["red", "green", "blue"], "answer": "A"}]))
-    video = evaluate("video-qa", local, tmp_path / "video", {"video.questions": str(tmp_path / "q.json"), "video.fps": 0.5},
-                     progress=False)
+    questions = {"video.questions": str(tmp_path / "q.json"), "video.fps": 0.5, "video.frames": "images"}
+    video = evaluate("video-qa", local, tmp_path / "video", questions, progress=False)
     assert video["records"][0]["frames"] == 6 and video["protocol"]["data"]["fps"] == 0.5
+    capped = evaluate("video-qa", local, tmp_path / "capped", {**questions, "video.max_frames": 4}, progress=False,
+                      cache=tmp_path / "video")
+    assert capped["records"][0]["frames"] == 4 and capped["records"][0]["prompt_tokens"] < video["records"][0]["prompt_tokens"]
+    native = {**questions, "video.frames": "video"}  # Qwen2.5-VL video input: two frames a token grid
+    with ChatServer([], lambda body: (200, {}, completion("B"), 0)) as srv:
+        served = evaluate("video-qa", ServerModel(srv.url, "m"), tmp_path / "served", native, progress=False,
+                          cache=tmp_path / "video")
+    parts = srv.received[0][2]["messages"][-1]["content"]
+    urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
+    assert len(urls) == 6 and all(u.startswith("data:image/") for u in urls)  # the video's frames, in order
+    assert served["records"][0]["pred"] == "B"
+    assert served["records"][0]["prompt_tokens"] < video["records"][0]["prompt_tokens"]  # fewer vision tokens
+    if importlib.util.find_spec("torchvision") is None:  # the local processor's video part needs torchvision
+        refused = evaluate("video-qa", local, tmp_path / "refused", native, progress=False, cache=tmp_path / "video")
+        assert "torchvision" in refused["records"][0]["error"]
     vtc = evaluate("vtc", local, tmp_path / "vtc", {"vtc.needles.haystack": NEEDLES["needles.haystack"],
                                                     "vtc.needles.lengths": [512], "vtc.needles.depths": [0.5],
                                                     "vtc.needles.per_cell": 1}, progress=False)
@@ -188,9 +271,12 @@ def test_score_contract_and_from_report(local, tmp_path):
     out = json.loads(done.stdout)
     assert out["scores"] == [1.0, 1.0, 0.0] and out["acc"] == pytest.approx(2 / 3) and "f1" in out
     first = evaluate("needle-tiny", local, tmp_path / "first", NEEDLES, progress=False)
-    from mmlong.eval.run import rerun
+    from mmlong.cli import main
 
-    second = rerun(tmp_path / "first" / "report.json", tmp_path / "second", progress=False)
+    assert main(["eval", "--from", str(tmp_path / "first" / "report.json"), "--out", str(tmp_path / "second"),
+                 "--no-progress"]) == 0
+    second = json.loads((tmp_path / "second" / "report.json").read_text(encoding="utf-8"))
     assert [r["response"] for r in second["records"]] == [r["response"] for r in first["records"]]
-    same = lambda p: {**p, "data": {k: v for k, v in p["data"].items() if k != "dataset"}}  # noqa: E731  (ingested anew under --out)
+    same = lambda p: {**p, "sha256": None, "data": {k: v for k, v in p["data"].items() if k != "dataset"}}  # noqa: E731
+    # (the haystack is ingested anew under --out, so the dataset path and the protocol's hash differ)
     assert same(second["protocol"]) == same(first["protocol"])

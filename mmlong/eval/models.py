@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from mmlong import tokens as tk
 from mmlong.chat_api import ChatClient
-from mmlong.messages import open_image
 
 
 class Model(Protocol):
@@ -25,6 +24,10 @@ class Model(Protocol):
     def generate(self, prompts: list[list[dict[str, Any]]], max_new_tokens: int) -> list[str | Exception]: ...
 
     def protocol(self) -> dict[str, Any]: ...
+
+    def cache_key(self) -> dict[str, Any]:
+        """What decides a reply beside `name`, the prompt and the decoding settings."""
+        ...
 
 
 def folder_hash(path: str | Path) -> str:
@@ -76,14 +79,19 @@ class LocalModel:
         return {"kind": "local", "path": str(Path(self.path).resolve()), "sha256": self.sha256, "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation, "batch_size": self.batch_size,
                 "max_context": self.max_context, "budget": vars(processor_budget(self.processor)),
+                "chat_template_sha256": hashlib.sha256((self.processor.chat_template or "").encode()).hexdigest(),
                 "decoding": {"do_sample": False, "num_beams": 1}}
 
+    def cache_key(self) -> dict[str, Any]:
+        """What, beside the prompt, decides a reply: the weights and how they run."""
+        return {k: v for k, v in self.protocol().items() if k not in ("path", "batch_size")}
+
     def encode(self, prompts: list[list[dict[str, Any]]]):
-        images = [e["image"] for m in prompts for msg in m if not isinstance(msg["content"], str)
-                  for e in msg["content"] if e.get("type") == "image"]
+        from mmlong.train.collate import vision_inputs
+
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
-        return self.processor(text=texts, images=[_rgb(open_image(i)) for i in images] or None, padding=True,
-                              padding_side="left", return_tensors="pt")
+        return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt",
+                              **vision_inputs(prompts, self.processor, self.name))
 
     def prompt_tokens(self, prompt: list[dict[str, Any]]) -> int:
         return int(self.encode([prompt])["input_ids"].shape[1])
@@ -109,15 +117,9 @@ class LocalModel:
         return out
 
 
-def _rgb(image):
-    from mmlong.train.collate import _rgb as rgb
-
-    return rgb(image)
-
-
 def to_openai(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages in the OpenAI chat format: images as base64 data URLs, adjacent text parts
-    merged (servers join separate parts with separators of their own)."""
+    """Messages in the OpenAI chat format: images (and a video's frames) as base64 data URLs,
+    adjacent text parts merged (servers join separate parts with separators of their own)."""
     out = []
     for m in messages:
         if isinstance(m["content"], str):
@@ -127,6 +129,8 @@ def to_openai(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for e in m["content"]:
             if e.get("type") == "image":
                 parts.append({"type": "image_url", "image_url": {"url": _data_url(e["image"])}})
+            elif e.get("type") == "video":  # a video as its frames, in order
+                parts += [{"type": "image_url", "image_url": {"url": _data_url(f)}} for f in e["video"]]
             elif parts and parts[-1]["type"] == "text":
                 parts[-1]["text"] += e["text"]
             else:
@@ -165,7 +169,10 @@ class ServerModel:
 
     def protocol(self) -> dict[str, Any]:
         return {"kind": "server", "base_url": self.client.base_url, "model": self.model, "concurrency": self.concurrency,
-                "decoding": {"temperature": 0}}
+                "timeout": self.timeout, "retries": self.retries, "decoding": {"temperature": 0}}
+
+    def cache_key(self) -> dict[str, Any]:
+        return {}  # the server and model name are the cache's model key
 
     def generate(self, prompts: list[list[dict[str, Any]]], max_new_tokens: int) -> list[str | Exception]:
         def one(prompt):

@@ -139,6 +139,10 @@ def markdown(report: dict[str, Any], images: list[Path]) -> str:
             depths = sorted({d for row in value.values() for d in row}, key=float)
             parts += ["", f"## {key} (rows: depth, columns: length)", "",
                       _table([[d] + [value[n].get(d, "") for n in lengths] for d in depths], ["depth"] + lengths)]
+        elif key == "breakdowns":
+            for name, groups in value.items():
+                parts += ["", f"## accuracy by {name}", "",
+                          _table([[k, round(v["acc"], 4), v["count"]] for k, v in groups.items()], [name, "acc", "count"])]
     parts += ["", "## protocol", "", "```json", json.dumps(p, indent=2, default=str), "```"]
     parts += [f"![{img.stem}]({img.name})" for img in images]
     return "\n".join(parts) + "\n"

@@ -1,15 +1,19 @@
 """`mmlong eval`: run a task on a model and write a report a researcher can put in a paper.
 
-Every record, and the report, stores what decides the number (the protocol): the model (path
-and sha256, or server and name), the task recipe as run, its data protocol (dpi, pages kept,
-pixel bounds, frames, lengths ...), the prompt's token count, the decoding settings, the
-extractor and the mmlong version; `mmlong eval --from REPORT.json` runs it again. Records are
-appended to records.jsonl as they finish, so an interrupted run keeps them and resumes;
-responses are cached (cache.sqlite), so a re-run is fast.
+The report stores what decides the number (the protocol): the model (path and sha256 of its
+files, chat template hash, or server and name), the task recipe as run, its data protocol (dpi,
+pages kept, pixel bounds, frames, lengths ...), the decoding settings, the extractor and the
+mmlong version; every record stores its own prompt's token count and task facts (pages kept,
+frames, length, depth) and the protocol's hash (`protocol` = report `protocol.sha256`).
+`mmlong eval --from REPORT.json` runs it again. Records are appended to records.jsonl as they
+finish, so an interrupted run keeps them and resumes (records that failed are tried again);
+responses are cached (cache.sqlite, keyed by the model's weights and settings, the prompt and
+the decoding), so a re-run is fast.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -71,15 +75,22 @@ def grade(q: Question, response: str, judge: Judge | None) -> tuple[str, float]:
     return pred, score_answer(q.gold, pred, q.answer_format) if pred != FAILED_TO_EXTRACT else 0.0
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a (possibly interrupted) run; a torn last line is dropped."""
-    out = []
+def read_records(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Records of a (possibly interrupted) run. A torn last line (a write cut off) is dropped,
+    and with `repair` cut from the file, so that records appended next start on a line of
+    their own."""
+    out, good = [], 0
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        data = path.read_bytes()
+        for line in data.splitlines(keepends=True):
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError:
                 break
+            good += len(line)
+        if repair and good < len(data):
+            with path.open("r+b") as f:
+                f.truncate(good)
     return out
 
 
@@ -131,11 +142,12 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
     if stamp.is_file() and json.loads(stamp.read_text()) != json.loads(json.dumps(protocol, default=str)):
         raise ValueError(f"{out}: holds records of another protocol (task, model or settings differ); use another --out")
     stamp.write_text(json.dumps(protocol, indent=2, default=str))
-    done = {r["id"]: r for r in read_records(out / RECORDS)}
+    signature = hashlib.sha256(stamp.read_bytes()).hexdigest()[:16]
+    done = {r["id"]: r for r in read_records(out / RECORDS, repair=True)}  # the last record of an id counts
     responses = ResponseCache(cache / "cache.sqlite")
     judge = Judge(common) if common.extractor == "judge" else None
-    todo = [q for q in questions if q.id not in done]
-    settings_key = {"max_new_tokens": common.max_new_tokens}
+    todo = [q for q in questions if q.id not in done or done[q.id].get("error")]  # failed ones are tried again
+    settings_key = {"max_new_tokens": common.max_new_tokens, **model.cache_key()}
     step = max(getattr(model, "batch_size", 1), getattr(model, "concurrency", 1))
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"eval {name}", total=len(questions), completed=len(questions) - len(todo))
@@ -154,7 +166,7 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
             for q, reply in zip(chunk, replies):
                 record = {"id": q.id, "question": q.sample.question, "gold": q.gold, "answer_format": q.answer_format,
                           "prompt_tokens": q.sample.answer_start,  # the model input: prompt and generation header
-                          **q.meta}
+                          "protocol": signature, **q.meta}
                 if isinstance(reply, Exception):
                     record.update(response=None, pred=None, score=0.0, error=f"{type(reply).__name__}: {reply}")
                 else:
@@ -169,7 +181,7 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
             bar.advance(task, len(chunk))
     responses.close()
     records = [done[q.id] for q in questions]
-    report = {"protocol": protocol, "summary": summarize(name, records), "records": records,
+    report = {"protocol": {**protocol, "sha256": signature}, "summary": summarize(name, records), "records": records,
               "cache": {"hits": responses.hits, "misses": responses.misses}}
     write_report(report, out)
     return report

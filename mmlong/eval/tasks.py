@@ -16,12 +16,13 @@ import ast
 import hashlib
 import json
 import random
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.messages import image_ref
+from mmlong.messages import View, image_ref
 from mmlong.presets import build
 from mmlong.samples import NOT_ANSWERABLE, QA, Sample, Segment, build_sample
 from mmlong.schema import PAGE_IMAGE, TEXT, Document, Item
@@ -77,7 +78,8 @@ def _dataset_of(paths: list[str], root: Path, preset: str, overrides: dict | Non
         raise ValueError(f"no such file or folder: {missing}")
     key = hashlib.sha256(json.dumps([sorted(str(Path(p).resolve()) for p in paths), preset, overrides]).encode()).hexdigest()
     out = root / f"dataset-{key[:12]}"
-    report = ingest(paths, out, options=IngestOptions.from_preset(preset, overrides), workers=0, progress=False)
+    report = ingest(paths, out, options=IngestOptions.from_preset(preset, overrides), workers=0,
+                    progress=sys.stderr.isatty())  # a terminal sees the ingest's progress
     for path, reason in report.failed.items():
         print(f"warning: {path}: {reason}")
     return out
@@ -306,6 +308,12 @@ class VideoQA:
     max_frames: int = tk.VIDEO_MAX_FRAMES
     min_pixels: int = tk.VIDEO_MIN_PIXELS
     max_pixels: int = tk.VIDEO_MAX_PIXELS
+    frames: str = "video"
+    """video: Qwen2.5-VL video input (two frames a token grid; a local model's processor needs
+    torchvision for it, a server gets the frames in order); images: one image a frame."""
+
+    def __post_init__(self) -> None:
+        View(frames=self.frames)  # the same check
 
 
 LETTERS = "ABCDEFGHIJ"
@@ -334,12 +342,12 @@ def video_items(settings: VideoQA, common: Common, root: Path) -> tuple[list[Que
         options = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(r["options"]))
         question = f"{r['question']}\n{options}\nAnswer with the option's letter.{common.instruction}"
         qa = QA(question, r["answer"], "Str", [], "extract-single", "video-qa")
-        sample = build_sample(doc, qa, str(dataset), "benchmark", Segment(0, 0), tok)
+        sample = build_sample(doc, qa, str(dataset), "benchmark", Segment(0, 0), tok, view=View(frames=settings.frames))
         sample.sample_id = f"v{k:05d}"
         frames = sum(1 for it in doc.items if it.is_image)
         items.append(Question(sample, r["answer"], "choice", {"video": r["video"], "frames": frames,
                                                           "duration": doc.metadata.get("duration")}))
-    protocol = {"dataset": str(dataset), "fps": settings.fps, "max_frames": settings.max_frames,
+    protocol = {"dataset": str(dataset), "fps": settings.fps, "max_frames": settings.max_frames, "frames_as": settings.frames,
                 "pixels": {"min": settings.min_pixels, "max": settings.max_pixels}}
     return items, protocol
 
