@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmlong import tokens as tk
-from mmlong.schema import Document
+from mmlong.schema import VIDEO_FRAME, Document
 
 TEMPLATE_FILE = Path(__file__).with_name("qwen2_5_vl_chat_template.jinja")
 
@@ -83,10 +83,16 @@ class View:
 
     items: str = "all"
     page_markers: bool = False
+    frames: str = "video"
+    """Frames of a video stored as video input (`VideoOptions.as_video`): "video" (each run of
+    them is one `{"type": "video"}` element, as Qwen2.5-VL consumes video) or "images" (one
+    image element a frame)."""
 
     def __post_init__(self) -> None:
         if self.items not in VIEWS:
             raise ValueError(f"view items must be one of {VIEWS}, got {self.items!r}")
+        if self.frames not in ("video", "images"):
+            raise ValueError(f"view frames must be video or images, got {self.frames!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> View:
@@ -115,6 +121,48 @@ def shown(doc: Document, pages: set[int] | None = None, view: View = View()) -> 
     return out
 
 
+def video_input(item) -> bool:
+    """A frame stored as Qwen2.5-VL video input (it belongs to a pair of frames)."""
+    return item.kind == VIDEO_FRAME and "pair" in (item.meta or {})
+
+
+@dataclass(frozen=True)
+class Element:
+    """One content element of a conversation: a document item, a page marker (seqs empty),
+    or a video (`video`: the frames `seqs`, a run of video-input frames)."""
+
+    seqs: tuple[int, ...]
+    page: int | None
+    video: bool = False
+
+
+def elements(doc: Document, pages: set[int] | None = None, view: View = View()) -> list[Element]:
+    """`shown`, as content elements: each shown entry one, except that a run of video-input
+    frames is one video element when `view.frames == "video"`."""
+    out: list[Element] = []
+    for seq, page in shown(doc, pages, view):
+        if seq is None:
+            out.append(Element((), page))
+        elif view.frames == "video" and video_input(doc.items[seq]):
+            if out and out[-1].video:
+                out[-1] = Element((*out[-1].seqs, seq), out[-1].page, True)
+            else:
+                out.append(Element((seq,), page, True))
+        else:
+            out.append(Element((seq,), page))
+    return out
+
+
+def frame_payloads(doc: Document, seqs: list[int], image_as: str) -> list[Any]:
+    out = []
+    for seq in seqs:
+        ref = item_ref(doc, seq)
+        item = doc.items[seq]
+        out.append(_payload(item.image, item.image_format or "jpeg", "data-uri" if image_as == "ref" and ref is None else image_as,
+                            ref))
+    return out
+
+
 def to_messages(
     doc: Document,
     question: str | None = None,
@@ -127,18 +175,24 @@ def to_messages(
 ) -> list[dict[str, Any]]:
     """Chat messages showing `doc` (its items in order; only `pages` if given, 0-based; what
     `view` keeps, with its page markers), then `question`, in one user turn; `answer` becomes
-    the assistant turn. Each shown element is one content element (`shown` lists them), the
-    question the last one; adjacent text elements are separated by a newline, the question by
+    the assistant turn. Each shown element is one content element (`shown` lists them; a run of
+    video-input frames is one video element with the frames, their size and `sample_fps`, as
+    qwen-vl-utils takes a video given as frames), the question the last one; adjacent text elements are separated by a newline, the question by
     a blank line. Images carry the budget's min/max pixels so qwen-vl-utils resizes them to the
     size the token counts assume; with image_as="ref" they are `mmlong://doc_id/seq` references
     to the source dataset (see `resolve_images`)."""
     content: list[dict[str, Any]] = []
-    for seq, page in shown(doc, pages, view):
-        if seq is None:
-            content.append({"type": "text", "text": page_marker(page)})
+    for element in elements(doc, pages, view):
+        if not element.seqs:
+            content.append({"type": "text", "text": page_marker(element.page)})
             continue
+        seq = element.seqs[0]
         item = doc.items[seq]
-        if item.is_image:
+        if element.video:
+            content.append({"type": "video", "video": frame_payloads(doc, list(element.seqs), image_as),
+                            "resized_height": item.height, "resized_width": item.width,
+                            "sample_fps": float(doc.metadata.get("sample_fps", tk.VIDEO_FPS))})
+        elif item.is_image:
             ref = item_ref(doc, seq)
             how = "data-uri" if image_as == "ref" and ref is None else image_as
             content.append({"type": "image", "image": _payload(item.image, item.image_format or "jpeg", how, ref),
@@ -237,6 +291,26 @@ def is_video(element: dict[str, Any]) -> bool:
     return element.get("type") == "video" or "video" in element
 
 
+def video_element_tokens(element: dict[str, Any]) -> int:
+    """`<|video_pad|>` tokens of a video given as a list of frames: qwen-vl-utils pads the frame
+    count to even and sizes the frames as `fetch_video` does (the element's `resized_*`, else
+    the first frame's size under the element's video pixel bounds); two frames share one grid."""
+    frames = element.get("video")
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise ValueError("conversation_tokens counts videos given as frame lists; size video files with "
+                         "mmlong.tokens.plan_video")
+    n = len(frames)
+    if "resized_height" in element and "resized_width" in element:
+        h, w = tk.smart_resize(element["resized_height"], element["resized_width"])
+    else:
+        height, width = _image_size(frames[0])
+        h, w = tk.video_frame_size(n + n % 2, height, width,
+                                   element.get("min_pixels", tk.VIDEO_MIN_PIXELS),
+                                   element.get("max_pixels", tk.VIDEO_MAX_PIXELS),
+                                   element.get("total_pixels", tk.VIDEO_TOTAL_PIXELS))
+    return tk.video_tokens(n, h, w)
+
+
 def conversation_tokens(
     messages: list[dict[str, Any]],
     tokenizer=None,
@@ -246,8 +320,8 @@ def conversation_tokens(
 ) -> int:
     """Exact length of the model input for `messages`: the chat-template prompt tokenized,
     with each `<|image_pad|>` expanded to its image's token count under the processor's
-    `budget`. `image_tokens` gives the counts of `mmlong://` image references (the items'
-    stored `tokens`)."""
+    `budget` and each `<|video_pad|>` to its video's (`video_element_tokens`). `image_tokens`
+    gives the counts of `mmlong://` image references (the items' stored `tokens`)."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     total = len(tok.encode(render_chat(messages, add_generation_prompt), add_special_tokens=False).ids)
     for message in messages:
@@ -255,27 +329,30 @@ def conversation_tokens(
             continue
         for element in message["content"]:
             if is_video(element):
-                raise ValueError("conversation_tokens counts text and images; size videos with mmlong.tokens.plan_video")
-            if is_image(element):
+                total += video_element_tokens(element) - 1
+            elif is_image(element):
                 total += image_element_tokens(element, image_tokens, budget) - 1
     return total
 
 
 def resolve_images(messages: list[dict[str, Any]], dataset: str | Path, image_as: str = "pil") -> list[dict[str, Any]]:
-    """A copy of `messages` whose `mmlong://doc_id/seq` image references are replaced by the
-    images they point to in `dataset` (one document read at a time): PIL images, or data URIs
+    """A copy of `messages` whose `mmlong://doc_id/seq` image references (of images and of
+    video frames) are replaced by the images they point to in `dataset` (one document read at a time): PIL images, or data URIs
     of the stored bytes as they are (image_as="data-uri": what a server receives)."""
     import copy
 
     from mmlong.store import iter_documents
 
     out = copy.deepcopy(messages)
-    refs = [e for m in out if not isinstance(m["content"], str) for e in m["content"]
-            if isinstance(e.get("image"), str) and e["image"].startswith(REF_SCHEME)]
+    elements = [e for m in out if not isinstance(m["content"], str) for e in m["content"]]
+    refs = [e for e in elements if isinstance(e.get("image"), str) and e["image"].startswith(REF_SCHEME)]
+    videos = [e for e in elements if isinstance(e.get("video"), list)]
     wanted: dict[str, set[int]] = {}
-    for e in refs:
-        doc_id, seq = e["image"][len(REF_SCHEME):].rsplit("/", 1)
+    for ref in [e["image"] for e in refs] + [f for e in videos for f in e["video"] if _is_ref(f)]:
+        doc_id, seq = ref[len(REF_SCHEME):].rsplit("/", 1)
         wanted.setdefault(doc_id, set()).add(int(seq))
+    if not wanted:
+        return out
     found: dict[str, Any] = {}
     for doc in iter_documents(Path(dataset), doc_ids=wanted):
         for seq in wanted[doc.doc_id]:
@@ -283,11 +360,18 @@ def resolve_images(messages: list[dict[str, Any]], dataset: str | Path, image_as
                 raise ValueError(f"{dataset}: {image_ref(doc.doc_id, seq)} is not an image item")
             item = doc.items[seq]
             found[image_ref(doc.doc_id, seq)] = _payload(item.image, item.image_format or "jpeg", image_as, None)
+    for ref in [e["image"] for e in refs] + [f for e in videos for f in e["video"] if _is_ref(f)]:
+        if ref not in found:
+            raise ValueError(f"{dataset}: no image {ref}")
     for e in refs:
-        if e["image"] not in found:
-            raise ValueError(f"{dataset}: no image {e['image']}")
         e["image"] = found[e["image"]]
+    for e in videos:
+        e["video"] = [found[f] if _is_ref(f) else f for f in e["video"]]
     return out
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REF_SCHEME)
 
 
 def open_image(value: Any):

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from mmlong import tokens as tk
 from mmlong.errors import DatasetError
-from mmlong.messages import View, element_spans, page_marker, shown, to_messages
+from mmlong.messages import Element, View, element_spans, elements, page_marker, to_messages, video_input
 from mmlong.schema import Document
 from mmlong.store import atomic_write_table
 
@@ -161,9 +161,10 @@ class Sample:
         return next(m["content"] for m in self.messages if m["role"] == "user")
 
 
-def provenance(doc: Document, seq: int) -> dict[str, Any]:
+def provenance(doc: Document, seq: int, budget: tk.PixelBudget | None = None) -> dict[str, Any]:
     """Where item `seq` of `doc` comes from: its own document, or (for items gathered from
-    other documents, such as haystacks) the document named by its `meta["ref"]`."""
+    other documents, such as haystacks) the document named by its `meta["ref"]`. A frame
+    stored as video input but shown as an image costs an image's tokens under `budget`."""
     item = doc.items[seq]
     meta = item.meta or {}
     doc_id, origin = doc.doc_id, seq
@@ -172,8 +173,25 @@ def provenance(doc: Document, seq: int) -> dict[str, Any]:
         origin = int(origin)
     elif meta.get("generated"):
         doc_id, origin = None, None
+    tokens = tk.image_tokens(item.height, item.width, budget or tk.DEFAULT_BUDGET) if video_input(item) else item.tokens
     return {"kind": item.kind, "doc_id": doc_id, "seq": origin, "page": item.page, "timestamp": item.timestamp,
-            "segment": meta.get("segment"), "tokens": item.tokens, "needle": bool(meta.get("needle"))}
+            "segment": meta.get("segment"), "tokens": tokens, "needle": bool(meta.get("needle"))}
+
+
+def video_provenance(doc: Document, seqs: list[int]) -> dict[str, Any]:
+    """The record of a video element made of frames `seqs`: its tokens (two frames a grid)
+    and each frame's own record (`frames`), in order."""
+    frames = [provenance(doc, seq) for seq in seqs]
+    first = doc.items[seqs[0]]
+    return {**frames[0], "kind": "video", "tokens": tk.video_tokens(len(seqs), first.height, first.width),
+            "needle": any(f["needle"] for f in frames), "frames": frames}
+
+
+def element_provenance(doc: Document, element: Element, budget: tk.PixelBudget) -> dict[str, Any]:
+    """The record of one content element (`messages.elements`)."""
+    if not element.seqs:
+        return marker_provenance(doc, element.page)
+    return video_provenance(doc, list(element.seqs)) if element.video else provenance(doc, element.seqs[0], budget)
 
 
 def marker_provenance(doc: Document, page: int) -> dict[str, Any]:
@@ -194,8 +212,8 @@ def build_with_layout(doc: Document, qa: QA, dataset: str, writer: str, segment:
                       budget: tk.PixelBudget | None = None, view: View = View()) -> tuple[Sample, Layout]:
     """`build_sample`, and the layout its counts come from."""
     budget = budget or tk.PixelBudget.from_options(doc.options)
-    elements = shown(doc, view=view)
-    if not elements:
+    shown = elements(doc, view=view)
+    if not shown:
         raise ValueError(f"document {doc.doc_id} ({doc.source}): nothing to show in a {view.items!r} view")
     messages = to_messages(doc, question=qa.question, answer=qa.answer_text, image_as="ref", budget=budget, view=view)
     key = json.dumps([dataset, doc.doc_id, qa.question, qa.answer_text], ensure_ascii=False)
@@ -214,7 +232,7 @@ def build_with_layout(doc: Document, qa: QA, dataset: str, writer: str, segment:
         segment=[segment.start + 1, segment.stop],
         anchor=qa.anchor,
         messages=messages,
-        items=[provenance(doc, seq) if seq is not None else marker_provenance(doc, page) for seq, page in elements],
+        items=[element_provenance(doc, e, budget) for e in shown],
         budget=budget,
         total_tokens=0,
         answer_start=0,
@@ -247,6 +265,9 @@ class Span:
     needle: bool = False
     marker: bool = False
     """A page marker ("Page N"), not content of the page."""
+    part: int = 0
+    """Pair k of a video element (its frames' tokens); the first pair's span opens with the
+    element's <|vision_start|>, the last one's closes with its <|vision_end|>."""
 
 
 @dataclass
@@ -280,7 +301,7 @@ def layout(sample: Sample, tokenizer=None) -> Layout:
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     text, spans = element_spans(sample.messages)
     enc = tok.encode(text, add_special_tokens=False)
-    pad = tok.token_to_id("<|image_pad|>")
+    pads = {tok.token_to_id("<|image_pad|>"), tok.token_to_id("<|video_pad|>")}
     user = next(i for i, m in enumerate(sample.messages) if m["role"] == "user")
     content = sample.messages[user]["content"]
     if len(sample.items) not in (len(content), len(content) - 1):
@@ -289,7 +310,7 @@ def layout(sample: Sample, tokenizer=None) -> Layout:
     starts, at = [], 0  # expanded position of each token
     for t in enc.ids:
         starts.append(at)
-        at += next(pad_tokens) if t == pad else 1
+        at += next(pad_tokens) if t in pads else 1
     length = at
     char_starts = [a for a, _ in enc.offsets]
 
@@ -301,6 +322,9 @@ def layout(sample: Sample, tokenizer=None) -> Layout:
     items = []
     for k, prov in enumerate(sample.items):
         a, b = token_range(spans[(user, k)])
+        if prov["kind"] == "video":
+            items += _pair_spans(a, b, prov)
+            continue
         items.append(Span(a, b, prov["kind"], prov.get("doc_id"), prov.get("seq"), prov.get("page"), prov.get("timestamp"),
                           prov.get("segment"), bool(prov.get("needle")), bool(prov.get("marker"))))
     question = None
@@ -314,6 +338,22 @@ def layout(sample: Sample, tokenizer=None) -> Layout:
         a, b = token_range(spans[(reply, 0)])[0], token_range(spans[(reply, last)])[1]
         answer = Span(a, b + 1, "answer")  # and its <|im_end|>
     return Layout(items, question, answer, length)
+
+
+def _pair_spans(a: int, b: int, prov: dict[str, Any]) -> list[Span]:
+    """A video element's span [a, b) cut into one span per pair of frames (kind video-frame,
+    the pair's first frame's record; a needle when either frame is)."""
+    frames = prov["frames"]
+    pairs = [frames[i : i + 2] for i in range(0, len(frames), 2)]
+    per = prov["tokens"] // len(pairs)
+    out = []
+    for j, pair in enumerate(pairs):
+        lo = a if j == 0 else a + 1 + j * per
+        hi = b if j == len(pairs) - 1 else a + 1 + (j + 1) * per
+        f = pair[0]
+        out.append(Span(lo, hi, "video-frame", f.get("doc_id"), f.get("seq"), f.get("page"), f.get("timestamp"),
+                        f.get("segment"), any(x["needle"] for x in pair), part=j))
+    return out
 
 
 def write_samples(samples: list[Sample], path: Path) -> Path:

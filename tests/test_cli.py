@@ -56,3 +56,27 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "mmlong.cli", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "ingest" in result.stdout and "inspect" in result.stdout
+
+
+def test_inspect_names_frames_and_webpages(tmp_path, capsys):
+    """Videos report frames and webpages figures (not "0 pages"); the HTML preview honours
+    --max-pages for them; `inspect --json | head` ends without a broken-pipe error."""
+    from tests.conftest import make_video, png_bytes
+
+    src = tmp_path / "src"
+    src.mkdir()
+    make_video(src / "clip.mp4", 8)
+    (src / "pic.png").write_bytes(png_bytes(80, 60, (200, 40, 40)))
+    (src / "page.html").write_text('<html><body><main><h1>Title</h1><p>A paragraph of text.</p><img src="pic.png" alt="pic">'
+                                   "</main></body></html>")
+    out = tmp_path / "ds"
+    assert main(["ingest", str(src), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "frames" in printed and "webpage" in printed and "0 pages" not in printed
+    assert main(["inspect", str(out), "--json", "--html", str(tmp_path / "p.html"), "--max-pages", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sources"]["video"]["frames"] > 2 and summary["sources"]["html"]["figures"] == 1
+    assert (tmp_path / "p.html").read_text().count("<img src=") == 2 + 1  # two frames, the webpage's figure
+    piped = subprocess.run(f"{sys.executable} -m mmlong.cli inspect {out} --json | head -1", shell=True, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert piped.stdout.strip() == "{" and piped.stderr == ""

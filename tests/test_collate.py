@@ -96,3 +96,33 @@ def test_a_processor_with_other_bounds_is_refused(page_samples):
 
     with pytest.raises(ValueError, match="pixel budget"):
         encode(page_samples[1], build_processor(tk.PixelBudget(3136 * 4, 12845056)))
+
+
+def test_sdpa_packed_equals_sdpa_without_building_a_mask(page_samples, tiny_vlm):
+    """`sdpa_packed` (the training default) runs each packed sample alone: logits and gradients
+    equal transformers' masked `sdpa`, no (L x L) mask is built, and cached decoding (which
+    falls back to `sdpa`) generates the same tokens."""
+    from transformers.masking_utils import sdpa_mask
+
+    from mmlong.train.attention import packed_mask
+    from mmlong.train.model import ModelSettings, build_model
+
+    assert tiny_vlm.config.text_config._attn_implementation == "sdpa_packed"
+    reference = build_model(ModelSettings(path=tiny_vlm.config._name_or_path, attn_implementation="sdpa"))
+    ours = build_model(ModelSettings(path=tiny_vlm.config._name_or_path))
+    batch = Collator(build_processor(page_samples[0].budget))([[page_samples[0], page_samples[1]], [page_samples[2]]])
+    inputs = {k: batch[k] for k in ("input_ids", "position_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+    grads = []
+    for model in (reference, ours):
+        logits = model(**inputs, attention_mask=None, use_cache=False).logits
+        logits[batch["labels"] != IGNORE].float().logsumexp(-1).sum().backward()
+        grads.append((logits.detach(), model.model.language_model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    n = batch["input_ids"].shape[1]
+    assert packed_mask(2, n, n) is None and sdpa_mask(2, n, n, allow_is_causal_skip=False).shape == (2, 1, n, n)
+    prompt = batch["input_ids"][1:, :12]
+    outs = [m.eval().generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                              use_cache=True)
+            for m in (reference, ours)]
+    assert torch.equal(outs[0], outs[1])

@@ -27,13 +27,14 @@ from mmlong.eval.heads import (
     span_mask,
 )
 from mmlong.eval.ranking import Candidate, rank_bm25, rank_embedding, rank_pages, recall_mrr
+from mmlong.messages import View
 from mmlong.samples import QA, Segment, build_sample, layout, write_samples
 from mmlong.schema import TEXT, Document, Item
 from mmlong.synthesis.needles import Haystack, NeedleSpec, needle_sample, pool
-from mmlong.train.collate import encode
+from mmlong.train.collate import encode, vision_kwargs
 from mmlong.train.model import ModelSettings, build_model
 from mmlong.train.positions import sample_positions
-from mmlong.train.processor import build_processor
+from mmlong.train.processor import build_processor, can_video
 from tests.conftest import LOREM, ROOT, make_video, write_pdf
 
 
@@ -63,8 +64,8 @@ def eager_mass(model, sample, evidence, which):
     enc = encode(sample, build_processor(sample.budget))
     with torch.no_grad():
         out = model.model(input_ids=enc["input_ids"][None], position_ids=sample_positions(enc)[:, None],
-                          mm_token_type_ids=enc["mm_token_type_ids"][None], pixel_values=enc.get("pixel_values"),
-                          image_grid_thw=enc.get("image_grid_thw"), attention_mask=None, use_cache=False, output_attentions=True)
+                          mm_token_type_ids=enc["mm_token_type_ids"][None], attention_mask=None, use_cache=False,
+                          output_attentions=True, **vision_kwargs(enc))
     rows, ev = _rows(layout(sample), which), span_mask(len(enc["input_ids"]), evidence)
     return torch.stack([a[0][:, rows][:, :, ev].sum(-1).mean(-1) for a in out.attentions])
 
@@ -78,8 +79,10 @@ def test_scores_equal_eager_attention_for_text_image_and_video_evidence(models, 
     ingest([str(tmp_path / "v.mp4")], tmp_path / "vds", options=IngestOptions(video=VideoOptions(fps=0.5)), workers=1,
            progress=False)
     vdoc = next(store.iter_documents(tmp_path / "vds", images=False))
+    # native video input where the processor's video part loads (torchvision), frames as images elsewhere
+    view = View() if can_video() else View(frames="images")
     video = build_sample(vdoc, QA("Which frame is red?", "the first", "Str", [], "extract-single", "t"), str(tmp_path / "vds"),
-                         "t", Segment(0, 0))
+                         "t", Segment(0, 0), view=view)
     frames = [s for s in layout(video).items if s.kind == "video-frame"]
     paged = next(s for s in page_samples if page_evidence(s, [1]))  # the documents' order follows their hashes
     cases = [(needles[0], needle_evidence(needles[0])), (paged, page_evidence(paged, [1])),
@@ -160,6 +163,43 @@ def test_rankers_and_recall(models, tmp_path):
     windowed = rank_pages("What is the page about cranes?", pages, sdpa, proc, [[0, 0], [1, 2]], max_tokens=150)
     assert sorted(i for i, _ in ranked) == sorted(i for i, _ in windowed) == list(range(5))
     assert recall_mrr([[2, 0, 1], [0, 1, 2]], [[0], [5]]) == {"recall@1": 0.0, "recall@3": 0.5, "recall@5": 0.5, "mrr": 0.25}
+    # page images of a stored dataset come from it by reference
+    write_pdf(tmp_path / "guide.pdf", ["Installing the kettle.", "Cleaning the lantern glass.", "Storing the violin case."])
+    from mmlong.eval.ranking import page_candidates
+    from mmlong.ingest import ingest
+
+    ingest([str(tmp_path / "guide.pdf")], tmp_path / "ds", workers=1, progress=False)
+    doc = next(store.iter_documents(tmp_path / "ds"))
+    shown = page_candidates(doc, "image")
+    assert all(it.meta["ref"].startswith("mmlong://") for c in shown for it in c.items)
+    ranked = rank_pages("Where is the lantern?", shown, sdpa, proc, [[0, 0], [1, 2]], dataset=str(tmp_path / "ds"),
+                        budget=tk.PixelBudget.from_options(doc.options))
+    assert sorted(i for i, _ in ranked) == [0, 1, 2]
+
+
+def test_video_segments_rank_whole_pairs(models, tmp_path):
+    sdpa, _, _ = models
+    from mmlong.eval.ranking import rank_segments, segment_candidates
+    from mmlong.ingest import IngestOptions, ingest
+    from mmlong.ingest.video import VideoOptions
+
+    make_video(tmp_path / "v.mp4", 12, scene_seconds=4)
+    ingest([str(tmp_path / "v.mp4")], tmp_path / "vds", options=IngestOptions(video=VideoOptions(fps=1)), workers=1,
+           progress=False)
+    doc = next(store.iter_documents(tmp_path / "vds"))
+    segments = segment_candidates(doc, 4)
+    assert len(segments) == 3
+    for seg in segments:
+        pairs = [it.meta["pair"] for it in seg.items if it.kind == "video-frame"]
+        assert len(pairs) == 4 and all(pairs.count(p) == 2 for p in pairs)  # pairs never split
+        assert seg.items[0].meta.get("marker") and 4 * seg.id <= seg.items[0].timestamp < 4 * seg.id + 1
+    view = View() if can_video() else View(frames="images")
+    ranked = rank_segments("Which part is green?", segments, sdpa, build_processor(), [[0, 0], [1, 2]], view=view,
+                           dataset=str(tmp_path / "vds"))
+    assert sorted(i for i, _ in ranked) == [0, 1, 2]
+    assert len({round(score, 9) for _, score in ranked}) == 3  # every segment has its own evidence span
+    with pytest.raises(ValueError, match="positive"):
+        segment_candidates(doc, 0)
 
 
 def test_rank_command_contract(tmp_path):

@@ -69,10 +69,12 @@ def test_sampled_frames_are_exactly_the_planned_ones(minute, tmp_path, reader):
     assert len(frames) == 60 and planned == torch.linspace(0, 599, 60).round().long().tolist()
     assert [frame_index(f.image) for f in frames] == planned
     assert [f.timestamp for f in frames] == [i / 10 for i in planned]
-    assert all((f.width, f.height) == (448, 252) and f.tokens == tk.image_tokens(252, 448) for f in frames)
+    pair = tk.video_tokens(2, 252, 448)  # Qwen2.5-VL video input: two frames share one token grid
+    assert all((f.width, f.height) == (448, 252) for f in frames) and pair == tk.image_tokens(252, 448) == 144
+    assert [f.tokens for f in frames] == [pair, 0] * 30 and [f.meta["pair"] for f in frames] == [k // 2 for k in range(60)]
     markers = [it for it in doc.items if it.kind == TEXT]
-    assert markers[0].text == "<00:00:00>" and markers[-1].text == "<00:00:59>"
-    assert doc.kind == "video" and doc.vision_tokens == 60 * tk.image_tokens(252, 448)
+    assert len(markers) == 30 and markers[0].text == "<00:00:00>" and markers[-1].text == "<00:00:58>"  # one a pair
+    assert doc.kind == "video" and doc.vision_tokens == 30 * pair
 
 
 @pytest.mark.parametrize("reader", ["pyav", "opencv", "decord"])
@@ -132,7 +134,7 @@ def test_parallel_chunks_give_identical_items(minute, tmp_path):
 
 
 def test_scene_segments(minute, tmp_path):
-    opts = IngestOptions(video=VideoOptions(fps=1.0, min_segment=5, max_segment=40))
+    opts = IngestOptions(video=VideoOptions(fps=1.0, min_segment=5, max_segment=40, as_video=False))  # cuts on any frame
     ingest([str(minute)], tmp_path / "ds", options=opts, workers=1, progress=False, chunk_frames=7)
     doc = next(iter(store.iter_documents(tmp_path / "ds", images=False)))
     segments = doc.metadata["segments"]
@@ -150,6 +152,9 @@ def test_scene_segments(minute, tmp_path):
     ingest([str(minute)], tmp_path / "capped", options=capped, workers=1, progress=False)
     doc = next(iter(store.iter_documents(tmp_path / "capped", images=False)))
     assert all(s["end"] - s["start"] < 10 for s in doc.metadata["segments"]) and len(doc.metadata["segments"]) >= 6
+    frames = [it for it in doc.items if it.kind == VIDEO_FRAME]  # video input: every segment starts on a pair
+    assert all(doc.items[s["first_seq"] + 1].meta["pair"] * 2 == frames.index(doc.items[s["first_seq"] + 1])
+               for s in doc.metadata["segments"])
 
 
 SRT = """1
@@ -178,8 +183,9 @@ def test_subtitles_are_interleaved_by_time_in_milliseconds(minute, tmp_path):
     assert [it.text for _, it in subs] == ["Hello from the first second.",
                                            "A line at twelve point three four five.\nAnd a second line before the next frame."]
     for i, it in subs:
-        frame = doc.items[i - 1]
-        assert frame.kind == VIDEO_FRAME and frame.timestamp <= it.meta["start"] < frame.timestamp + 1.02
+        first, second = doc.items[i - 2], doc.items[i - 1]  # after the pair of frames it falls in
+        assert first.kind == second.kind == VIDEO_FRAME and first.meta["pair"] == second.meta["pair"]
+        assert first.timestamp <= it.meta["start"] < first.timestamp + 2.04
     assert subs[1][1].meta["start"] == 12.345 and doc.metadata["subtitles"].endswith("talk.srt")
 
 

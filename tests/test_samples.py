@@ -13,7 +13,7 @@ from mmlong import tokens as tk
 from mmlong.ingest import IngestOptions, ingest
 from mmlong.ingest.pdf import PdfOptions
 from mmlong.ingest.video import VideoOptions
-from mmlong.messages import resolve_images
+from mmlong.messages import View, resolve_images
 from mmlong.mixtures.packing import pack
 from mmlong.samples import QA, Segment, build_sample, layout, read_samples, write_samples
 from mmlong.synthesis.needles import NeedleSpec, build_needle_sample, haystack
@@ -77,12 +77,13 @@ def test_layout_of_pages_and_figures(figures_dataset, hf_processor, qwen_vl_util
 
 
 def test_layout_of_video_frames_with_segments(tmp_path, hf_processor, qwen_vl_utils):
+    """Frames shown as images, one span each (native video input: tests/test_video_input.py)."""
     make_video(tmp_path / "clip.mp4", 24, scene_seconds=12)
     opts = IngestOptions(video=VideoOptions(fps=0.5, min_segment=4, max_segment=30))
     ingest([str(tmp_path / "clip.mp4")], tmp_path / "ds", options=opts, workers=1, progress=False)
     doc = next(store.iter_documents(tmp_path / "ds", images=False))
     qa = QA("What colour is the second scene?", "green", "Str", [], "extract-single", "test", "second scene")
-    sample = build_sample(doc, qa, str(tmp_path / "ds"), "test", Segment(0, 0))
+    sample = build_sample(doc, qa, str(tmp_path / "ds"), "test", Segment(0, 0), view=View(frames="images"))
     check_layout(sample, processor_ids(sample, hf_processor, qwen_vl_utils))
     frames = [s for s in layout(sample).items if s.kind == "video-frame"]
     assert len(frames) == 12 and [s.timestamp for s in frames] == sorted(s.timestamp for s in frames)

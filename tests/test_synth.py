@@ -149,7 +149,7 @@ def test_synth_samples_show_page_images_and_the_page_numbers_they_answer(report_
     samples = read_samples(tmp_path / "s")
     assert {s.kind for s in samples} >= set(PAGE_KINDS) | {"caption-text", "sentence-complete", "ocr-full"}
     for s in samples:
-        assert s.extra["view"] == {"items": "images", "page_markers": True}
+        assert s.extra["view"] == {"items": "images", "page_markers": True, "frames": "video"}
         content = s.user_content()
         markers = {}
         for k, (element, prov) in enumerate(zip(content, s.items)):
@@ -218,7 +218,7 @@ def test_synth_reads_scanned_pages_and_reports_documents_without_samples(tmp_pat
     summary = synth(tmp_path / "text", tmp_path / "s1")
     assert summary["samples"] and summary["shown_as_text"] == [str((tmp_path / "in" / "text.pdf").resolve())]
     s = read_samples(tmp_path / "s1")[0]
-    assert s.extra["view"] == {"items": "all", "page_markers": True}
+    assert s.extra["view"] == {"items": "all", "page_markers": True, "frames": "video"}
     assert s.user_content()[0]["text"] == "Page 1\n" and s.items[1]["page"] == 0 and not s.items[1].get("marker")
 
     off = synth(tmp_path / "scan", tmp_path / "s2", ocr=None)

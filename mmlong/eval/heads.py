@@ -113,9 +113,9 @@ def _rows(lay, which: str) -> list[int]:
 def _forward(model, enc, positions, start: int, stop: int, cache=None):
     import torch
 
-    kwargs = {}
-    if start == 0 and "pixel_values" in enc:
-        kwargs = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+    from mmlong.train.collate import vision_kwargs
+
+    kwargs = vision_kwargs(enc) if start == 0 else {}
     with torch.no_grad():
         out = model.model(input_ids=enc["input_ids"][None, start:stop], position_ids=positions[:, None, start:stop],
                           mm_token_type_ids=enc["mm_token_type_ids"][None, start:stop], attention_mask=None,
@@ -339,7 +339,7 @@ def exact_match(model, processor, samples: list[Sample], batch_rows: int = 8) ->
     decoding returns), from packed batches."""
     import torch
 
-    from mmlong.train.collate import Collator
+    from mmlong.train.collate import Collator, vision_kwargs
     from mmlong.train.loss import label_positions
 
     collate = Collator(processor)
@@ -348,9 +348,8 @@ def exact_match(model, processor, samples: list[Sample], batch_rows: int = 8) ->
         batch = collate([[s] for s in samples[i : i + batch_rows]])
         with torch.no_grad():
             hidden = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                 mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch.get("pixel_values"),
-                                 image_grid_thw=batch.get("image_grid_thw"), attention_mask=None,
-                                 use_cache=False).last_hidden_state
+                                 mm_token_type_ids=batch["mm_token_type_ids"], attention_mask=None, use_cache=False,
+                                 **vision_kwargs(batch)).last_hidden_state
             where, targets = label_positions(batch["labels"])
             right = model.lm_head(hidden[where[:, 0], where[:, 1]]).argmax(-1) == targets
         owner = batch["segments"][where[:, 0], where[:, 1] + 1]

@@ -13,9 +13,10 @@ windows differ in length and in what the attention sinks take).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from mmlong.messages import View
 from mmlong.samples import QA, Segment, build_sample, layout
 from mmlong.schema import Document, Item
 
@@ -32,24 +33,33 @@ class Candidate:
         return "\n".join(it.text for it in self.items if it.text)
 
 
-def _window_sample(question: str, window: list[Candidate], dataset: str, budget):
+def _sourced(doc: Document, seq: int) -> Item:
+    """Item `seq` of a stored document, its images pointing back to it (resolved from the dataset)."""
+    from mmlong.messages import image_ref
+
+    it = doc.items[seq]
+    return replace(it, meta={**(it.meta or {}), "ref": image_ref(doc.doc_id, seq)}) if it.is_image else it
+
+
+def _window_sample(question: str, window: list[Candidate], dataset: str, budget, view: View = View()):
     items = []
-    for k, c in enumerate(window):
-        items += [Item(it.kind, text=it.text, image=it.image, image_format=it.image_format, width=it.width,
-                       height=it.height, page=k, timestamp=it.timestamp, tokens=it.tokens, meta=it.meta) for it in c.items]
+    for k, c in enumerate(window):  # images of a stored document come by their `ref`; others are sent inline
+        items += [replace(it, page=k, meta=it.meta if not it.is_image or "ref" in (it.meta or {}) else {**(it.meta or {}), "generated": True})
+                  for it in c.items]
     doc = Document("rank", dataset, "candidates", "", items=items)
     return build_sample(doc, QA(question, "", "Str", [], "extract-single", "rank"), dataset, "rank", Segment(0, 0),
-                        budget=budget)
+                        budget=budget, view=view)
 
 
-def _windows(question: str, candidates: list[Candidate], max_tokens: int | None, dataset: str, budget) -> list[list[Candidate]]:
+def _windows(question: str, candidates: list[Candidate], max_tokens: int | None, dataset: str, budget,
+             view: View = View()) -> list[list[Candidate]]:
     """Consecutive candidates, as many per window as fit `max_tokens` (at least one)."""
     if not max_tokens:
         return [candidates]
     out, current = [], []
     for c in candidates:
         trial = current + [c]
-        if current and _window_sample(question, trial, dataset, budget).total_tokens > max_tokens:
+        if current and _window_sample(question, trial, dataset, budget, view).total_tokens > max_tokens:
             out.append(current)
             current = [c]
         else:
@@ -58,9 +68,11 @@ def _windows(question: str, candidates: list[Candidate], max_tokens: int | None,
 
 
 def rank_candidates(question: str, candidates: list[Candidate], model, processor, heads: list[list[int]],
-                    max_tokens: int | None = None, dataset: str = "", budget=None, chunk: int = 4096) -> list[tuple[int, float]]:
+                    max_tokens: int | None = None, dataset: str = "", budget=None, chunk: int = 4096,
+                    view: View = View()) -> list[tuple[int, float]]:
     """(candidate id, score) best first: mean over `heads` of the question tokens' attention
-    on each candidate, null-calibrated and normalised per window (module docstring)."""
+    on each candidate, null-calibrated and normalised per window (module docstring). `view`
+    says how video frames are shown (View(frames="images") where the processor has no video part)."""
     import torch
 
     from mmlong import tokens as tk
@@ -70,8 +82,8 @@ def rank_candidates(question: str, candidates: list[Candidate], model, processor
         raise ValueError("rank: no heads selected")
     budget = budget or tk.DEFAULT_BUDGET
     scored: list[tuple[int, float]] = []
-    for window in _windows(question, candidates, max_tokens, dataset, budget):
-        sample = _window_sample(question, window, dataset, budget)
+    for window in _windows(question, candidates, max_tokens, dataset, budget, view):
+        sample = _window_sample(question, window, dataset, budget, view)
         spans = layout(sample).items
         rows = capture(model, processor, sample)  # one pass over the window, then every candidate's mass
         real, null = [], []
@@ -156,11 +168,11 @@ def page_candidates(doc: Document, content: str = "image", ocr: str | None = Non
     """A document's pages as candidates: their page images (content="image"), their text
     ("text"; pages without a text layer read with OCR when `ocr` names an engine), or both."""
     pages: dict[int, list[Item]] = {}
-    for it in doc.items:
+    for seq, it in enumerate(doc.items):
         if it.page is None:
             continue
         if (content in ("image", "both") and it.kind == "page-image") or (content in ("text", "both") and it.kind == "text"):
-            pages.setdefault(it.page, []).append(it)
+            pages.setdefault(it.page, []).append(_sourced(doc, seq))
     out = []
     for p in range(doc.num_pages):
         items = pages.get(p, [])
@@ -168,6 +180,32 @@ def page_candidates(doc: Document, content: str = "image", ocr: str | None = Non
             items = items + _ocr_page(doc, p, ocr)
         out.append(Candidate(p, items))
     return out
+
+
+def segment_candidates(doc: Document, seconds: float) -> list[Candidate]:
+    """A video document as candidates of `seconds` each (ids 0, 1, ...): every segment its
+    time markers, frames and subtitles; a segment starts only where a frame group starts (a
+    marker, or the first frame of a pair), so that no pair of video input is split."""
+    from mmlong.messages import video_input
+    from mmlong.schema import VIDEO_FRAME
+
+    if seconds <= 0:
+        raise ValueError(f"segment length must be positive, got {seconds}")
+    out: list[list[Item]] = []
+    start, pair = None, None
+    for seq, it in enumerate(doc.items):
+        marker = bool((it.meta or {}).get("marker"))
+        opens = marker or (it.kind == VIDEO_FRAME and (not video_input(it) or it.meta["pair"] != pair))
+        if it.kind == VIDEO_FRAME and video_input(it):
+            pair = it.meta["pair"]
+        if opens and it.timestamp is not None and (start is None or it.timestamp >= start + seconds):
+            out.append([])
+            start = it.timestamp
+        if out:
+            out[-1].append(_sourced(doc, seq))
+    if not out:
+        raise ValueError(f"document {doc.doc_id} ({doc.source}): no timed frames to cut into segments")
+    return [Candidate(k, items) for k, items in enumerate(out)]
 
 
 def _ocr_page(doc: Document, page: int, engine: str) -> list[Item]:

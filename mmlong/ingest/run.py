@@ -159,6 +159,8 @@ def ingest(
     workers = workers or len(os.sched_getaffinity(0))
     if chunk_pages < 1 or chunk_frames < 1:
         raise ValueError(f"chunk_pages and chunk_frames must be >= 1, got {chunk_pages}, {chunk_frames}")
+    if opts.video.as_video and chunk_frames % 2:
+        raise ValueError(f"chunk_frames must be even for video input (frames pair up), got {chunk_frames}")
     options_dict = asdict(opts)
     writer = DatasetWriter(Path(out), options_dict)
     report = IngestReport(out=Path(out))

@@ -50,7 +50,13 @@ class VideoOptions:
     subtitles: bool = True
     """Interleave the .srt/.vtt file next to the video (same name) with the frames."""
     time_markers: bool = True
-    """A text item "<HH:MM:SS>" before each frame."""
+    """A text item "<HH:MM:SS>" before each frame (as_video: before each pair of frames)."""
+    as_video: bool = True
+    """Frames as Qwen2.5-VL video input: consecutive frames pair up on one token grid, so a
+    pair costs (h/28)*(w/28) tokens (stored on the pair's first frame, 0 on its second) and
+    shows as one `{"type": "video"}` element per run of frames. False: every frame is an image
+    of its own, (h/28)*(w/28) tokens each. Markers, subtitles and scene cuts fall between
+    pairs."""
     scene_threshold: float = 0.35
     """Histogram distance (0-1) between sampled frames that counts as a cut."""
     min_segment: float = 10.0
@@ -144,7 +150,8 @@ def plan(info: dict[str, Any], opts: VideoOptions) -> dict[str, Any]:
     n = tk.video_frame_count(info["total_frames"], info["video_fps"], opts.fps, opts.min_frames, opts.max_frames)
     h, w = tk.video_frame_size(n, info["height"], info["width"], opts.min_pixels, opts.max_pixels, opts.total_pixels)
     indices = frame_indices(info["total_frames"], n)
-    return {"indices": indices, "height": h, "width": w, "tokens": tk.video_tokens(n, h, w)}
+    return {"indices": indices, "height": h, "width": w, "tokens": tk.video_tokens(n, h, w),
+            "sample_fps": n / info["total_frames"] * info["video_fps"]}  # as qwen-vl-utils reports it
 
 
 def check_video(path: Path, opts: VideoOptions) -> dict[str, Any]:
@@ -382,7 +389,11 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
                  tokenizer=None) -> list[Item]:
     """Items of planned frames [start, stop): each frame (after its "<HH:MM:SS>" marker), then
     the subtitle lines that begin before the next sampled frame. Frame meta holds the
-    histogram distance to the previous sampled frame (for scene cuts)."""
+    histogram distance to the previous sampled frame (for scene cuts). With `as_video`, frame k
+    of the video is in pair k // 2 (`meta["pair"]`); the pair's tokens sit on its first frame,
+    a marker goes before a pair and subtitles after it, and `start` must be even."""
+    if opts.as_video and start % tk.TEMPORAL_PATCH_SIZE:
+        raise ValueError(f"a chunk of video frames must start on a pair (an even frame), got {start}")
     indices = meta["indices"]
     size = (meta["height"], meta["width"])
     fps = meta["video_fps"]
@@ -392,24 +403,30 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
         raise IngestError(f"decoded {len(frames)} of {len(wanted)} frames")
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     cues = [Cue(**c) for c in meta.get("cues", [])]
-    frame_tokens = tk.image_tokens(size[0], size[1], budget)
+    step = tk.TEMPORAL_PATCH_SIZE if opts.as_video else 1
+    group_tokens = tk.video_tokens(2, *size) if opts.as_video else tk.image_tokens(size[0], size[1], budget)
     items: list[Item] = []
     previous = _hist(frames[0][2]) if start > 0 else None
     if start > 0:
         frames = frames[1:]
     for k, (index, t, rgb) in enumerate(frames):
+        pos = start + k
         hist = _hist(rgb)
         diff = 1.0 if previous is None else _distance(previous, hist)
         previous = hist
-        if opts.time_markers:
+        first = pos % step == 0
+        if opts.time_markers and first:
             marker = _hms(t)
             items.append(Item(TEXT, text=marker, timestamp=t, tokens=tk.text_tokens(marker, tok), meta={"marker": True}))
+        extra = {"pair": pos // step} if opts.as_video else {}
         items.append(Item(VIDEO_FRAME, image=encode_pixels(rgb, opts.image_format, opts.quality), image_format=opts.image_format, width=size[1],
-                          height=size[0], timestamp=round(t, 3), tokens=frame_tokens,
-                          meta={"frame": index, "diff": round(diff, 4)}))
-        pos = start + k
+                          height=size[0], timestamp=round(t, 3), tokens=group_tokens if first else 0,
+                          meta={"frame": index, "diff": round(diff, 4), **extra}))
+        if (pos + 1) % step and pos + 1 < len(indices):
+            continue  # subtitles wait for the pair's second frame
+        t_group = indices[pos + 1 - step] / fps
         t_next = indices[pos + 1] / fps if pos + 1 < len(indices) else math.inf
-        lines = [c for c in cues if (t <= c.start < t_next) or (pos == 0 and c.start < t)]
+        lines = [c for c in cues if (t_group <= c.start < t_next) or (pos + 1 - step <= 0 and c.start < t_group)]
         if lines:
             text = "\n".join(c.text for c in lines)
             items.append(Item(TEXT, text=text, timestamp=round(lines[0].start, 3), tokens=tk.text_tokens(text, tok),
@@ -437,6 +454,10 @@ class Segmenter:
     segments: list[dict[str, Any]] = field(default_factory=list)
     """{segment, start, end, first_seq, last_seq} per segment (end: the last frame's time)."""
     seen: int = 0
+    pair: int | None = None
+    """The frame pair of the last frame seen (video input), None for frames as images."""
+    held: float = 0.0
+    """The largest distance inside the current pair (a cut there opens the next pair's segment)."""
 
     def assign(self, t: float, diff: float) -> int:
         current = self.segments[-1] if self.segments else None
@@ -460,8 +481,12 @@ class Segmenter:
         metas = [json.loads(m) if m else {} for m in table.column("meta").to_pylist()]
         segment = self.segments[-1]["segment"] if self.segments else 0
         for i, meta in enumerate(metas):
-            if kinds[i] == VIDEO_FRAME:
-                segment = self.assign(times[i], meta.get("diff", 0.0))
+            pair = meta.get("pair")
+            if kinds[i] == VIDEO_FRAME and (pair is None or pair != self.pair):  # a pair never splits:
+                segment = self.assign(times[i], max(meta.get("diff", 0.0), self.held))  # a cut inside one opens the next
+                self.pair, self.held = pair, 0.0
+            elif kinds[i] == VIDEO_FRAME:
+                self.held = max(self.held, meta.get("diff", 0.0))
             meta["segment"] = segment
         for i in range(len(metas) - 2, -1, -1):  # markers take the segment of the frame they announce
             if metas[i].get("marker") and kinds[i + 1] == VIDEO_FRAME:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmlong.imaging import to_rgb
-from mmlong.messages import resolve_images
+from mmlong.messages import open_image, resolve_images
 from mmlong.samples import Sample, layout
 from mmlong.train.loss import IGNORE
 from mmlong.train.positions import sample_positions
@@ -27,18 +27,18 @@ def encode(sample: Sample, processor, images: dict[str, Any] | None = None) -> d
     budget: a length or vision-span mismatch is an error, never silently trained on."""
     import torch
 
-    messages = resolve_images(sample.messages, sample.dataset) if sample.image_tokens else sample.messages
-    pictures = [_rgb(e["image"]) for m in messages if not isinstance(m["content"], str) for e in m["content"]
-                if e.get("type") == "image"]
+    messages = resolve_images(sample.messages, sample.dataset)
     text = processor.apply_chat_template(messages, tokenize=False)
-    out = processor(text=[text], images=pictures or None, return_tensors="pt")
+    vision = vision_inputs([messages], processor, f"sample {sample.sample_id}")
+    pictures, videos = vision.get("images"), vision.get("videos")
+    out = processor(text=[text], return_tensors="pt", **vision)
     ids = out["input_ids"][0]
     if len(ids) != sample.total_tokens:
         raise ValueError(f"sample {sample.sample_id}: the processor gives {len(ids)} tokens where the sample counted "
                          f"{sample.total_tokens}; give the processor the sample's pixel budget {sample.budget}")
-    if pictures:  # every vision span where the sample's layout puts it
+    if pictures or videos:  # every vision span where the sample's layout puts it
         vision_start = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
-        if any(int(ids[s.start]) != vision_start for s in layout(sample).items if s.kind != "text"):
+        if any(int(ids[s.start]) != vision_start for s in layout(sample).items if s.kind != "text" and not s.part):
             raise ValueError(f"sample {sample.sample_id}: its images are not where its layout puts them")
     labels = torch.full_like(ids, IGNORE)
     labels[sample.answer_start : sample.answer_end] = ids[sample.answer_start : sample.answer_end]
@@ -46,13 +46,32 @@ def encode(sample: Sample, processor, images: dict[str, Any] | None = None) -> d
     if pictures:
         encoded["pixel_values"] = out["pixel_values"]
         encoded["image_grid_thw"] = out["image_grid_thw"]
+    if videos:
+        encoded["pixel_values_videos"] = out["pixel_values_videos"]
+        encoded["video_grid_thw"] = out["video_grid_thw"]
+        encoded["second_per_grid_ts"] = [float(x) for x in out["second_per_grid_ts"]]
     return encoded
 
 
-def _rgb(image):
-    from PIL import Image
-
-    return to_rgb(image) if isinstance(image, Image.Image) else image
+def vision_inputs(conversations: list[list[dict[str, Any]]], processor, what: str) -> dict[str, Any]:
+    """The processor's image and video arguments for the (resolved) conversations, in order:
+    images as RGB, each video as its frames with their sampling fps (never re-sampled)."""
+    content = [e for messages in conversations for m in messages if not isinstance(m["content"], str) for e in m["content"]]
+    out: dict[str, Any] = {}
+    images = [to_rgb(open_image(e["image"])) for e in content if e.get("type") == "image"]
+    if images:
+        out["images"] = images
+    videos = [e for e in content if e.get("type") == "video"]
+    if videos:
+        if getattr(processor, "video_processor", None) is None:
+            raise ValueError(f"{what}: video input needs the processor's video part (transformers' Qwen2.5-VL video "
+                             "processor imports torchvision): install torchvision, or show frames as images "
+                             "(View(frames='images'))")
+        out["videos"] = [[to_rgb(open_image(f)) for f in e["video"]] for e in videos]
+        out["video_metadata"] = [{"fps": e.get("sample_fps", 2.0), "total_num_frames": len(e["video"]),
+                                  "frames_indices": list(range(len(e["video"])))} for e in videos]
+        out["do_sample_frames"] = False
+    return out
 
 
 def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_per_second: float = 2) -> dict[str, Any]:
@@ -72,11 +91,30 @@ def pack_row(encoded: list[dict[str, Any]], spatial_merge_size: int = 2, tokens_
         "position_ids": torch.cat([sample_positions(e, spatial_merge_size, tokens_per_second) for e in encoded], dim=1),
         "mm_token_type_ids": torch.cat([e["mm_token_type_ids"] for e in encoded]),
     }
-    with_images = [e for e in encoded if "pixel_values" in e]
-    if with_images:
-        row["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
-        row["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    _join_vision(row, encoded)
     return row
+
+
+VISION = {"pixel_values": "image_grid_thw", "pixel_values_videos": "video_grid_thw"}
+
+
+def vision_kwargs(encoded: dict[str, Any]) -> dict[str, Any]:
+    """The model's image and video arguments found in an encoded sample or batch."""
+    return {k: encoded[k] for pair in VISION.items() for k in pair if k in encoded}
+
+
+def _join_vision(out: dict[str, Any], parts: list[dict[str, Any]]) -> None:
+    """The image and video inputs of `parts` (encoded samples or rows), in order, into `out`."""
+    import torch
+
+    for pixels, grid in VISION.items():
+        having = [p for p in parts if pixels in p]
+        if having:
+            out[pixels] = torch.cat([p[pixels] for p in having])
+            out[grid] = torch.cat([p[grid] for p in having])
+    seconds = [x for p in parts for x in p.get("second_per_grid_ts", [])]
+    if seconds:
+        out["second_per_grid_ts"] = seconds
 
 
 def stack_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -98,10 +136,7 @@ def stack_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         batch["mm_token_type_ids"].append(torch.cat([r["mm_token_type_ids"], r["mm_token_type_ids"].new_zeros(n)]))
         batch["position_ids"].append(torch.cat([r["position_ids"], torch.arange(n).expand(4, n)], dim=1))
     out = {k: torch.stack(v, dim=1 if k == "position_ids" else 0) for k, v in batch.items()}
-    pictures = [r for r in rows if "pixel_values" in r]
-    if pictures:
-        out["pixel_values"] = torch.cat([r["pixel_values"] for r in pictures])
-        out["image_grid_thw"] = torch.cat([r["image_grid_thw"] for r in pictures])
+    _join_vision(out, rows)
     out["label_tokens"] = int((out["labels"][:, 1:] != IGNORE).sum())
     out["real_tokens"] = sum(len(r["input_ids"]) for r in rows)
     return out

@@ -79,15 +79,17 @@ class VLMModule(L.LightningModule):
 
     def forward(self, batch: dict[str, Any]):
         """Last hidden states of a packed batch. Shape: (B, L, D)."""
-        kwargs = {}
-        if "pixel_values" in batch:
+        kwargs: dict[str, Any] = {}
+        for pixels, grid, kind in (("pixel_values", "image_grid_thw", "image"), ("pixel_values_videos", "video_grid_thw", "video")):
+            if pixels not in batch:
+                continue
             if self.settings.freeze_vision:  # a fixed vision tower runs without a graph
+                encode = self.model.model.get_image_features if kind == "image" else self.model.model.get_video_features
                 with torch.no_grad():
-                    images = self.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"])
-                kwargs["mm_encoder_outputs"] = {"image": images}
+                    kwargs.setdefault("mm_encoder_outputs", {})[kind] = encode(batch[pixels], batch[grid])
             else:
-                kwargs["pixel_values"] = batch["pixel_values"]
-            kwargs["image_grid_thw"] = batch["image_grid_thw"]
+                kwargs[pixels] = batch[pixels]
+            kwargs[grid] = batch[grid]
         out = self.model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                mm_token_type_ids=batch["mm_token_type_ids"], attention_mask=None, use_cache=False, **kwargs)
         return out.last_hidden_state

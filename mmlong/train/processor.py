@@ -1,10 +1,11 @@
 """The Qwen2.5-VL processor (tokenizer + image processor + chat template) built offline, under a
 sample's pixel budget, and loaded from or saved into a Hugging Face model folder.
 
-The HF processor's video part needs torchvision, which has no CPU build on PyPI, so mmlong's
-processor holds the tokenizer and the image processor only; the folders it writes carry the
-standard files (tokenizer, `preprocessor_config.json`, `chat_template.jinja`), which
-`AutoProcessor` loads in full wherever torchvision is installed.
+The HF processor's video part needs torchvision, which has no CPU build on PyPI: where
+torchvision imports, mmlong's processor is the full one (video input encodes); elsewhere it
+holds the tokenizer and the image processor only, and video input is refused with that
+reason. The folders it writes carry the standard files (tokenizer, `preprocessor_config.json`,
+`chat_template.jinja`), which `AutoProcessor` loads in full wherever torchvision is installed.
 """
 
 from __future__ import annotations
@@ -18,23 +19,33 @@ from mmlong.messages import TEMPLATE_FILE
 SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def processor_class():
-    """Qwen2_5_VLProcessor without its video processor (loads and saves without torchvision)."""
+def can_video() -> bool:
+    """Whether transformers' Qwen2.5-VL video processor can load here (it imports torchvision)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def processor_class(video: bool = False):
+    """Qwen2_5_VLProcessor, without its video processor unless `video` (so that it loads and
+    saves without torchvision)."""
     from transformers import Qwen2_5_VLProcessor
 
-    class ImageTextProcessor(Qwen2_5_VLProcessor):
+    class MmlongProcessor(Qwen2_5_VLProcessor):
         @classmethod
         def get_attributes(cls):
-            return [a for a in super().get_attributes() if a != "video_processor"]
+            return [a for a in super().get_attributes() if video or a != "video_processor"]
 
         def __reduce__(self):  # DataLoader workers get a copy built the same way
-            return _rebuild, (self.tokenizer, self.image_processor, self.chat_template)
+            return _rebuild, (self.tokenizer, self.image_processor, self.chat_template, getattr(self, "video_processor", None))
 
-    return ImageTextProcessor
+    return MmlongProcessor
 
 
-def _rebuild(tokenizer, image_processor, chat_template):
-    return processor_class()(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+def _rebuild(tokenizer, image_processor, chat_template, video_processor=None):
+    parts = {"video_processor": video_processor} if video_processor is not None else {}
+    return processor_class(bool(parts))(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
+                                        **parts)
 
 
 def tokenizer_folder(model: str | Path | None = None) -> Path:
@@ -62,7 +73,13 @@ def build_processor(budget: tk.PixelBudget = tk.DEFAULT_BUDGET, tokenizer: str |
     template = TEMPLATE_FILE.read_text(encoding="utf-8")
     tok.chat_template = template
     images = Qwen2VLImageProcessorPil(min_pixels=budget.min_pixels, max_pixels=budget.max_pixels)
-    return processor_class()(image_processor=images, tokenizer=tok, chat_template=template)
+    if not can_video():
+        return processor_class()(image_processor=images, tokenizer=tok, chat_template=template)
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    # frames come sized as qwen-vl-utils sizes them (ingest's video budgets): bounds wide enough to keep them
+    videos = Qwen2VLVideoProcessor(size={"shortest_edge": budget.min_pixels, "longest_edge": budget.max_pixels})
+    return processor_class(True)(image_processor=images, tokenizer=tok, chat_template=template, video_processor=videos)
 
 
 def processor_budget(processor) -> tk.PixelBudget:
@@ -92,12 +109,14 @@ def save_processor(processor, folder: str | Path) -> None:
     folder = Path(folder)
     processor.tokenizer.save_pretrained(str(folder))
     processor.image_processor.save_pretrained(str(folder))
+    if getattr(processor, "video_processor", None) is not None:
+        processor.video_processor.save_pretrained(str(folder))
     (folder / "chat_template.jinja").write_text(processor.chat_template, encoding="utf-8")
     (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2) + "\n")
 
 
 def load_processor(folder: str | Path, budget: tk.PixelBudget | None = None):
-    """The processor of a model folder (tokenizer + image processor + chat template); `budget`
+    """The processor of a model folder (tokenizer + image (+ video) processor + chat template); `budget`
     overrides its image bounds. A folder without a tokenizer gets mmlong's Qwen tokenizer."""
     folder = Path(folder)
     proc = build_processor(budget or folder_budget(folder) or tk.DEFAULT_BUDGET, folder)
