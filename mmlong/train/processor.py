@@ -20,10 +20,13 @@ SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
 
 
 def can_video() -> bool:
-    """Whether transformers' Qwen2.5-VL video processor can load here (it imports torchvision)."""
-    import importlib.util
-
-    return importlib.util.find_spec("torchvision") is not None
+    """Whether transformers' Qwen2.5-VL video processor can load here (it imports torchvision;
+    PyPI's torchvision beside a torch it was not built for is found but fails to import)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def processor_class(video: bool = False):
