@@ -6,8 +6,7 @@ pipeline a user runs); everywhere, against the chat template's own `<|video_pad|
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-
+import random
 import pytest
 
 from mmlong import store
@@ -17,6 +16,8 @@ from mmlong.ingest.video import VideoOptions
 from mmlong.messages import View, image_ref, render_chat, resolve_images
 from mmlong.samples import QA, Segment, build_with_layout
 from mmlong.schema import VIDEO_FRAME, Document
+from mmlong.synthesis.needles import Haystack, NeedleSpec, needle_sample, pool
+from mmlong.train.processor import can_video
 from tests.conftest import make_video
 
 GRID = (252 // 28) * (448 // 28)  # tokens of one pair of 448x252 frames
@@ -100,8 +101,7 @@ def test_segments_start_on_a_pair_and_count_exactly(videos):
         assert sample.total_tokens == template_count(sample, tok)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
-                    reason="the HF video processor and qwen-vl-utils import torchvision")
+@pytest.mark.skipif(not can_video(), reason="the HF video processor and qwen-vl-utils import torchvision")
 def test_qwen_vl_utils_and_the_processor_agree(videos, tiny_vlm):
     """The user's pipeline: qwen-vl-utils' process_vision_info on the messages, then the HF
     processor with its video part: len(input_ids) equals the sample's count, for the whole
@@ -147,3 +147,43 @@ def test_qwen_vl_utils_and_the_processor_agree(videos, tiny_vlm):
 
     packed, n = hidden(row, row["position_ids"]), len(encoded[0]["input_ids"])
     assert torch.allclose(packed[n:], hidden(encoded[1], sample_positions(encoded[1])), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["plain", "markers"])
+def test_video_needles_are_a_pair_of_their_own_inside_the_video(videos, name):
+    """A needle in a video-input haystack is two frames of the card making one pair (a pair's
+    tokens), between two whole haystack pairs, with timestamps between theirs and, when the
+    haystack has time markers, its own marker: without markers the sample keeps one video
+    element, and every count stays exact."""
+    tok = tk.load_tokenizer()
+    path, doc = videos[name]
+    hay = Haystack(pool([doc]))
+    for k, depth in enumerate([0.0, 0.3, 0.5, 0.8, 1.0]):
+        sample, needle_doc = needle_sample(hay, NeedleSpec("single", "video", depth, 40 * GRID), random.Random(k), str(path))
+        items = needle_doc.items
+        pos = [i for i, it in enumerate(items) if it.kind == VIDEO_FRAME and it.meta.get("generated")]
+        assert len(pos) == 2 and pos[1] == pos[0] + 1
+        first, second = items[pos[0]], items[pos[1]]
+        assert (first.tokens, second.tokens, first.meta["pair"]) == (GRID, 0, second.meta["pair"])
+        frames = [it for it in items if it.kind == VIDEO_FRAME and not it.meta.get("generated")]
+        assert all(a.meta["pair"] == b.meta["pair"] for a, b in zip(frames[::2], frames[1::2]))  # haystack pairs whole
+        before = [it.timestamp for it in items[: pos[0]] if it.kind == VIDEO_FRAME]
+        after = [it.timestamp for it in items[pos[1] + 1 :] if it.kind == VIDEO_FRAME]
+        assert (not before or before[-1] <= first.timestamp) and first.timestamp <= second.timestamp
+        assert not after or second.timestamp <= after[0]
+        content = sample.user_content()
+        if name == "plain":
+            assert [e["type"] for e in content] == ["video", "text"] and len(content[0]["video"]) == len(frames) + 2
+        else:
+            assert items[pos[0] - 1].meta.get("marker") and items[pos[0] - 1].text.startswith("<00:")
+            assert all(e["type"] == "text" for e in content[::2]) and all(len(e["video"]) == 2 for e in content[1:-1:2])
+        assert sample.total_tokens == template_count(sample, tok) <= 40 * GRID
+        needle_spans = [s for s in sample_layout(sample, tok) if s.needle]
+        assert len(needle_spans) == 1 and needle_spans[0].end - needle_spans[0].start in (GRID, GRID + 1, GRID + 2)
+        assert abs(sample.extra["depth"] - depth) <= 0.05
+
+
+def sample_layout(sample, tok):
+    from mmlong.samples import layout
+
+    return layout(sample, tok).items

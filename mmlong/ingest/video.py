@@ -212,7 +212,8 @@ def clock(seconds: float) -> str:
     return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def _hms(t: float) -> str:
+def time_marker(t: float) -> str:
+    """The text item shown before a frame (or a pair of frames) taken at `t` seconds."""
     return f"<{clock(t)}>"
 
 
@@ -416,7 +417,7 @@ def frames_items(path: str, meta: dict[str, Any], start: int, stop: int, opts: V
         previous = hist
         first = pos % step == 0
         if opts.time_markers and first:
-            marker = _hms(t)
+            marker = time_marker(t)
             items.append(Item(TEXT, text=marker, timestamp=t, tokens=tk.text_tokens(marker, tok), meta={"marker": True}))
         extra = {"pair": pos // step} if opts.as_video else {}
         items.append(Item(VIDEO_FRAME, image=encode_pixels(rgb, opts.image_format, opts.quality), image_format=opts.image_format, width=size[1],

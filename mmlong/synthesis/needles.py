@@ -10,7 +10,8 @@ images, figures and video frames whole (an image is never cut). Needles go in at
   (several keys asked), count (how many) and sum (reasoning over two values);
 - image: a generated card showing the value (or, for count, a red star);
 - video (V-NIAH): a generated frame with the value, the size of its neighbours, with a
-  timestamp between theirs.
+  timestamp between theirs; in video input (frames paired on one token grid) two such frames
+  make a pair of their own, placed between whole pairs, so the video stays one element.
 
 Each needle's exact token offset in the model input is measured after the sample is built.
 """
@@ -24,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from mmlong import tokens as tk
-from mmlong.messages import image_ref
+from mmlong.ingest.video import time_marker
+from mmlong.messages import image_ref, video_input
 from mmlong.schema import FIGURE, TEXT, VIDEO_FRAME, Document, Item
 from mmlong.samples import QA, Segment, build_with_layout, write_samples
 
@@ -140,45 +142,69 @@ def _crops(item: Item, meta: dict, max_tokens: int, budget: tk.PixelBudget, doc_
     return out
 
 
-def fill(units: list[Item], budget: int, start: int = 0, lookahead: int = 64) -> list[Item]:
-    """Consecutive units from `start` within `budget` tokens, cycling through `units` again
-    when they run out (a short corpus makes long haystacks); a unit that does not fit is
-    passed over for one of the next `lookahead` that does."""
-    out: list[Item] = []
+def fill(groups: list[list[Item]], budget: int, start: int = 0, lookahead: int = 64) -> list[list[Item]]:
+    """Consecutive groups (`unit_groups`) from `start` within `budget` tokens, cycling through
+    them again when they run out (a short corpus makes long haystacks); a group that does not
+    fit is passed over for one of the next `lookahead` that does."""
+    out: list[list[Item]] = []
     total, skipped, i = 0, 0, start
-    while skipped < min(lookahead, len(units)):
-        unit = units[i % len(units)]
+    while skipped < min(lookahead, len(groups)):
+        group = groups[i % len(groups)]
         i += 1
-        if total + unit.tokens <= budget:
-            out.append(unit)
-            total += unit.tokens
+        size = sum(u.tokens for u in group)
+        if total + size <= budget:
+            out.append(group)
+            total += size
             skipped = 0
         else:
             skipped += 1
     return out
 
 
+def unit_groups(units: list[Item]) -> list[list[Item]]:
+    """Units that a haystack keeps together, in order: a time marker with what it announces,
+    and the two frames of a Qwen2.5-VL video pair (one temporal patch: never split, never
+    reordered); every other unit alone."""
+    out: list[list[Item]] = []
+    for u in units:
+        last = out[-1][-1] if out else None
+        if last is not None and ((last.meta or {}).get("marker") or _same_pair(last, u)):
+            out[-1].append(u)
+        else:
+            out.append([u])
+    return out
+
+
+def _same_pair(a: Item, b: Item) -> bool:
+    if not (video_input(a) and video_input(b)) or a.meta["pair"] != b.meta["pair"]:
+        return False
+    source = lambda it: str(it.meta.get("ref", "")).rsplit("/", 1)[0]  # noqa: E731
+    return source(a) == source(b)
+
+
 @dataclass
 class Haystack:
-    """Haystack units (from `pool`) with an index by size, for filling samples to a length."""
+    """Haystack units (from `pool`) in the groups they stay in (`unit_groups`), with an index
+    by size, for filling samples to a length."""
 
     units: list[Item]
 
     def __post_init__(self) -> None:
         if not self.units:
             raise ValueError("no haystack units to build needle samples from")
-        self.by_size = sorted(self.units, key=lambda u: u.tokens)
-        self.sizes = [u.tokens for u in self.by_size]
+        self.groups = unit_groups(self.units)
+        self.by_size = sorted(self.groups, key=lambda g: sum(u.tokens for u in g))
+        self.sizes = [sum(u.tokens for u in g) for g in self.by_size]
 
-    def largest_within(self, tokens: int, rng: random.Random, tokenizer) -> Item | None:
-        """The largest unit of at most `tokens` tokens; when every text unit is larger, the
+    def largest_within(self, tokens: int, rng: random.Random, tokenizer) -> list[Item] | None:
+        """The largest group of at most `tokens` tokens; when every text unit is larger, the
         longest word prefix of a random one that fits (a short gap is filled all the same)."""
         import bisect
 
         k = bisect.bisect_right(self.sizes, tokens) - 1
         if k >= 0:
             return self.by_size[k]
-        texts = [u for u in self.units if u.kind == TEXT]
+        texts = [u for u in self.units if u.kind == TEXT and not (u.meta or {}).get("marker")]
         if not texts or tokens < 1:
             return None
         unit = rng.choice(texts)
@@ -191,7 +217,7 @@ class Haystack:
             else:
                 hi = mid - 1
         text = " ".join(words[:lo])
-        return replace(unit, text=text, tokens=tk.text_tokens(text, tokenizer)) if lo else None
+        return [replace(unit, text=text, tokens=tk.text_tokens(text, tokenizer))] if lo else None
 
 
 def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: str,
@@ -202,23 +228,24 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
     images and frames may leave a larger gap: `extra["fill"]` says how full)."""
     tok = tokenizer if tokenizer is not None else tk.load_tokenizer()
     target = spec.target_tokens
-    needles_seed, start = rng.getrandbits(64), rng.randrange(len(hay.units))
+    needles_seed, start = rng.getrandbits(64), rng.randrange(len(hay.groups))
 
-    def build(items):
+    def build(groups):
+        items = [u for g in groups for u in g]
         return build_needle_sample(items, spec, random.Random(needles_seed), dataset, budget, tok)
 
-    seed_items = [next(u for u in hay.units if u.kind == VIDEO_FRAME)] if spec.modality == "video" else []
-    bare, _ = build(seed_items)  # a video needle is sized like the haystack's frames
-    overhead = bare.total_tokens - sum(u.tokens for u in seed_items)
+    frames = [g for g in hay.groups if g[-1].kind == VIDEO_FRAME][:1] if spec.modality == "video" else []
+    bare, _ = build(frames)  # a video needle is sized like the haystack's frames
+    overhead = bare.total_tokens - sum(u.tokens for g in frames for u in g)
     if overhead > target:
         raise ValueError(f"needles, question and answer alone take {overhead} tokens, more than {target}")
-    items = fill(hay.units, target - overhead, start)
+    items = fill(hay.groups, target - overhead, start)
     for _ in range(64):
         sample, doc = build(items)
         if sample.total_tokens > target:  # the newlines between items took some tokens too: shed from the end
             excess = sample.total_tokens - target
             while excess > 0 and items:
-                excess -= items.pop().tokens
+                excess -= sum(u.tokens for u in items.pop())
             continue
         if sample.total_tokens >= FILL * target:
             break
@@ -278,21 +305,39 @@ def _image_needle(kind: str, text: str, size: tuple[int, int], budget: tk.PixelB
 
 def _positions(items: list[Item], depths: list[float]) -> list[int]:
     """Item boundaries whose token offsets are nearest each depth. A needle never goes between
-    a timestamp marker and its frame, and in video only at frame-pair boundaries (Qwen2.5-VL
-    merges two consecutive frames into one temporal patch)."""
+    a timestamp marker and its frame, nor inside a pair of frames (Qwen2.5-VL merges two
+    consecutive frames into one temporal patch: video input pairs them by `meta["pair"]`,
+    frames as images count in twos)."""
     offsets, allowed, frames = [0], [True], 0
-    for it in items:
+    for i, it in enumerate(items):
         offsets.append(offsets[-1] + it.tokens)
         frames += it.kind == VIDEO_FRAME
-        allowed.append(not (it.meta or {}).get("marker") and frames % 2 == 0)
+        inside = i + 1 < len(items) and _same_pair(it, items[i + 1])
+        paired = video_input(it) or frames % 2 == 0
+        allowed.append(not (it.meta or {}).get("marker") and paired and not inside)
     total = offsets[-1]
     ok = [i for i in range(len(offsets)) if allowed[i]] or list(range(len(offsets)))
     return [min(ok, key=lambda i: abs(offsets[i] - d * total)) for d in depths]
 
 
+def _video_needle(frames: list[Item], value: str, star: bool, budget: tk.PixelBudget, pair: int) -> list[Item]:
+    """A needle frame sized like the haystack's frames; for video input (the haystack's
+    frames pair up) two frames of the card making one pair of their own, costing a pair's
+    tokens on its first frame as ingest stores them."""
+    first = frames[0]
+    card = _image_needle(VIDEO_FRAME, value, (first.width, first.height), budget, star)
+    if not video_input(first):
+        return [card]
+    meta = {**card.meta, "pair": pair}
+    tokens = tk.video_tokens(tk.TEMPORAL_PATCH_SIZE, first.height, first.width)
+    return [replace(card, tokens=tokens, meta=meta), replace(card, tokens=0, meta=meta)]
+
+
 def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
                    budget: tk.PixelBudget = tk.DEFAULT_BUDGET) -> tuple[list[Item], QA]:
-    """`items` with the spec's needles inserted, and the question that finds them."""
+    """`items` with the spec's needles inserted, and the question that finds them. A video
+    needle goes between two pairs of frames, with timestamps between theirs (and its own
+    time marker when the haystack's frames have them)."""
     n = 1 if spec.variant == "single" else spec.count
     if spec.variant == "sum":
         n = 2
@@ -303,27 +348,32 @@ def insert_needles(items: list[Item], spec: NeedleSpec, rng: random.Random,
     if spec.variant in ("multi-value", "count"):
         keys = [keys[0]] * n
     question, answer, fmt = _question(spec, keys, values)
-    needles: list[Item] = []
+    needles: list[list[Item]] = []
     frames = [it for it in items if it.kind == VIDEO_FRAME]
     for i in range(n):
         if spec.modality == "text":
             text = RULER.format(key=keys[i], value=values[i])
-            needles.append(Item(TEXT, text=text, tokens=tk.text_tokens(text), meta={"generated": True, "needle": keys[i]}))
+            needles.append([Item(TEXT, text=text, tokens=tk.text_tokens(text), meta={"generated": True, "needle": keys[i]})])
         elif spec.modality == "image":
-            needles.append(_image_needle(FIGURE, values[i], (336, 224), budget, spec.variant == "count"))
+            needles.append([_image_needle(FIGURE, values[i], (336, 224), budget, spec.variant == "count")])
         else:
             if not frames:
                 raise ValueError("video needles need a haystack of video frames")
-            needles.append(_image_needle(VIDEO_FRAME, values[i], (frames[0].width, frames[0].height), budget,
-                                         spec.variant == "count"))
+            needles.append(_video_needle(frames, values[i], spec.variant == "count", budget, -1 - i))
+    markers = any((it.meta or {}).get("marker") for it in items)
     out = list(items)
     placed = sorted(zip(_positions(items, depths), range(n), needles), key=lambda x: (-x[0], -x[1]))
     for pos, _, needle in placed:  # from the end, so that needles at one boundary stay in order
-        if needle.kind == VIDEO_FRAME:  # between its neighbours in time
+        if needle[0].kind == VIDEO_FRAME:  # between its neighbours in time
             before = next((it.timestamp for it in reversed(out[:pos]) if it.timestamp is not None), 0.0)
             after = next((it.timestamp for it in out[pos:] if it.timestamp is not None), before)
-            needle = replace(needle, timestamp=(before + after) / 2)
-        out.insert(pos, needle)
+            times = [before + (after - before) * (j + 1) / (len(needle) + 1) for j in range(len(needle))]
+            needle = [replace(f, timestamp=round(t, 3)) for f, t in zip(needle, times)]
+            if markers:
+                text = time_marker(needle[0].timestamp)
+                needle.insert(0, Item(TEXT, text=text, timestamp=needle[0].timestamp, tokens=tk.text_tokens(text),
+                                      meta={"marker": True, "generated": True}))
+        out[pos:pos] = needle
     return out, QA(question, answer, fmt, [], "needle", f"needle-{spec.modality}-{spec.variant}", keys[0])
 
 
