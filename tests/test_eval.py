@@ -212,9 +212,11 @@ def test_judge_extracts_answers_over_the_chat_api(local, benchmark, tmp_path):
                 "longdoc.dpi": 24, "max_new_tokens": 4, "extractor": "judge", "judge_base_url": srv.url,
                 "judge_model": "judge-m"}
         report = evaluate("longdoc-vqa", local, tmp_path / "run", data, progress=False)
-    assert [body["messages"][0]["content"] for _, _, body in srv.received] == [JUDGE_PROMPT] * 3
+        again = evaluate("longdoc-vqa", local, tmp_path / "again", data, progress=False, cache=tmp_path / "run")
+    assert [body["messages"][0]["content"] for _, _, body in srv.received] == [JUDGE_PROMPT] * 3  # the re-run asked nothing
     assert [r["pred"] for r in report["records"]] == ["22", "Not answerable", "Failed to extract"]
     assert [r["score"] for r in report["records"]] == [1.0, 1.0, 0.0]
+    assert [r["pred"] for r in again["records"]] == [r["pred"] for r in report["records"]]
     assert report["protocol"]["extractor"] == {"kind": "judge", "judge_model": "judge-m"}
 
 
@@ -280,3 +282,16 @@ def test_score_contract_and_from_report(local, tmp_path):
     same = lambda p: {**p, "sha256": None, "data": {k: v for k, v in p["data"].items() if k != "dataset"}}  # noqa: E731
     # (the haystack is ingested anew under --out, so the dataset path and the protocol's hash differ)
     assert same(second["protocol"]) == same(first["protocol"])
+
+
+def test_the_cache_key_sees_video_frames_and_their_sampling():
+    """Two prompts that differ only in a video's frames (or its fps) never share a cached reply."""
+    from mmlong.eval.cache import prompt_key
+
+    def prompt(frames, fps=1.0):
+        return [{"role": "user", "content": [{"type": "video", "video": frames, "sample_fps": fps},
+                                             {"type": "text", "text": "What happens?"}]}]
+
+    a, b = ["data:image/png;base64,AAA", "data:image/png;base64,BBB"], ["data:image/png;base64,AAA", "data:image/png;base64,CCC"]
+    keys = {prompt_key("m", prompt(a), {}), prompt_key("m", prompt(b), {}), prompt_key("m", prompt(a, 2.0), {})}
+    assert len(keys) == 3 and prompt_key("m", prompt(list(a)), {}) in keys

@@ -13,7 +13,8 @@ from typing import Any
 
 
 def prompt_key(model: str, prompt: list[dict[str, Any]], settings: dict[str, Any]) -> str:
-    """sha256 of the model name, the decoding settings and the prompt (images by content)."""
+    """sha256 of the model name, the decoding settings and the prompt (images and video frames by
+    content)."""
     h = hashlib.sha256()
     h.update(json.dumps([model, settings], sort_keys=True).encode())
     for message in prompt:
@@ -22,6 +23,10 @@ def prompt_key(model: str, prompt: list[dict[str, Any]], settings: dict[str, Any
         for e in [{"type": "text", "text": content}] if isinstance(content, str) else content:
             if e.get("type") == "image":
                 h.update(_image_bytes(e["image"]))
+            elif e.get("type") == "video":  # its frames, and how they are sampled and sized
+                h.update(json.dumps({k: v for k, v in e.items() if k not in ("type", "video")}, sort_keys=True).encode())
+                for frame in e["video"] if isinstance(e["video"], list) else [e["video"]]:
+                    h.update(b"\1" + _image_bytes(frame))
             else:
                 h.update(b"\0" + e.get("text", "").encode())
     return h.hexdigest()

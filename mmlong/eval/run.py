@@ -54,13 +54,21 @@ def choice(response: str) -> str:
 class Judge:
     """Answer extraction by a model (the benchmark's extraction prompt) over the chat API."""
 
-    def __init__(self, common: Common) -> None:
+    def __init__(self, common: Common, cache: ResponseCache | None = None) -> None:
         self.client = ChatClient(common.judge_base_url, common.judge_model)
+        self.name = f"judge:{self.client.base_url}#{common.judge_model}"
+        self.cache = cache
 
     def extract(self, question: str, response: str) -> str:
-        reply = self.client.complete([{"role": "user", "content": JUDGE_PROMPT},
-                                      {"role": "assistant", "content": f"\n\nQuestion:{question}\nAnalysis:{response}\n"}],
-                                     temperature=0, max_tokens=256)
+        """The judge's short answer; its replies are cached beside the model's (a re-run asks nothing twice)."""
+        messages = [{"role": "user", "content": JUDGE_PROMPT},
+                    {"role": "assistant", "content": f"\n\nQuestion:{question}\nAnalysis:{response}\n"}]
+        key = prompt_key(self.name, messages, {"temperature": 0, "max_tokens": 256})
+        reply = self.cache.get(key) if self.cache else None
+        if reply is None:
+            reply = self.client.complete(messages, temperature=0, max_tokens=256)
+            if self.cache:
+                self.cache.put(key, self.name, reply)
         return parse_judge_reply(reply)
 
 
@@ -145,7 +153,7 @@ def evaluate(recipe: str | dict[str, Any], model: Model, out: str | Path, overri
     signature = hashlib.sha256(stamp.read_bytes()).hexdigest()[:16]
     done = {r["id"]: r for r in read_records(out / RECORDS, repair=True)}  # the last record of an id counts
     responses = ResponseCache(cache / "cache.sqlite")
-    judge = Judge(common) if common.extractor == "judge" else None
+    judge = Judge(common, responses) if common.extractor == "judge" else None
     todo = [q for q in questions if q.id not in done or done[q.id].get("error")]  # failed ones are tried again
     settings_key = {"max_new_tokens": common.max_new_tokens, **model.cache_key()}
     step = max(getattr(model, "batch_size", 1), getattr(model, "concurrency", 1))
