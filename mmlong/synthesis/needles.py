@@ -151,7 +151,7 @@ def fill(groups: list[list[Item]], budget: int, start: int = 0, lookahead: int =
     while skipped < min(lookahead, len(groups)):
         group = groups[i % len(groups)]
         i += 1
-        size = sum(u.tokens for u in group)
+        size = group_tokens(group)
         if total + size <= budget:
             out.append(group)
             total += size
@@ -175,6 +175,10 @@ def unit_groups(units: list[Item]) -> list[list[Item]]:
     return out
 
 
+def group_tokens(group: list[Item]) -> int:
+    return sum(u.tokens for u in group)
+
+
 def _same_pair(a: Item, b: Item) -> bool:
     if not (video_input(a) and video_input(b)) or a.meta["pair"] != b.meta["pair"]:
         return False
@@ -193,8 +197,8 @@ class Haystack:
         if not self.units:
             raise ValueError("no haystack units to build needle samples from")
         self.groups = unit_groups(self.units)
-        self.by_size = sorted(self.groups, key=lambda g: sum(u.tokens for u in g))
-        self.sizes = [sum(u.tokens for u in g) for g in self.by_size]
+        self.by_size = sorted(self.groups, key=group_tokens)
+        self.sizes = [group_tokens(g) for g in self.by_size]
 
     def largest_within(self, tokens: int, rng: random.Random, tokenizer) -> list[Item] | None:
         """The largest group of at most `tokens` tokens; when every text unit is larger, the
@@ -236,7 +240,7 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
 
     frames = [g for g in hay.groups if g[-1].kind == VIDEO_FRAME][:1] if spec.modality == "video" else []
     bare, _ = build(frames)  # a video needle is sized like the haystack's frames
-    overhead = bare.total_tokens - sum(u.tokens for g in frames for u in g)
+    overhead = bare.total_tokens - sum(map(group_tokens, frames))
     if overhead > target:
         raise ValueError(f"needles, question and answer alone take {overhead} tokens, more than {target}")
     items = fill(hay.groups, target - overhead, start)
@@ -245,7 +249,7 @@ def needle_sample(hay: Haystack, spec: NeedleSpec, rng: random.Random, dataset: 
         if sample.total_tokens > target:  # the newlines between items took some tokens too: shed from the end
             excess = sample.total_tokens - target
             while excess > 0 and items:
-                excess -= sum(u.tokens for u in items.pop())
+                excess -= group_tokens(items.pop())
             continue
         if sample.total_tokens >= FILL * target:
             break
